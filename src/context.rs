@@ -1,0 +1,293 @@
+//! The run context a paper's `run` receives: device, seed, metric logging, progress, cancellation.
+//!
+//! Metrics are appended to `metrics.csv` (long format `step,metric,value`) as the run goes, so a
+//! crash or Ctrl-C loses nothing already logged. A non-finite value ends the run as `diverged`;
+//! a pending Ctrl-C ends it as `interrupted` at the next `log` or `tick`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tch::Device;
+
+static CANCELLED: AtomicBool = AtomicBool::new(false);
+
+/// Asks every running run to stop at its next step (set by the Ctrl-C handler).
+pub fn request_cancel() {
+    CANCELLED.store(true, Ordering::SeqCst);
+}
+
+pub fn cancel_requested() -> bool {
+    CANCELLED.load(Ordering::SeqCst)
+}
+
+/// A metric became NaN or infinite.
+#[derive(Debug)]
+pub struct Diverged {
+    pub step: u64,
+    pub metric: String,
+    pub value: f64,
+}
+
+impl std::fmt::Display for Diverged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "metric `{}` became {} at step {}", self.metric, self.value, self.step)
+    }
+}
+impl std::error::Error for Diverged {}
+
+/// The run was asked to stop (Ctrl-C).
+#[derive(Debug)]
+pub struct Interrupted {
+    pub step: u64,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted at step {}", self.step)
+    }
+}
+impl std::error::Error for Interrupted {}
+
+/// How progress is shown on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// One line per run, redrawn in place (stderr is a terminal).
+    Line,
+    /// Plain log lines every few seconds (stderr is a file or pipe).
+    Plain,
+    Quiet,
+}
+
+impl ProgressMode {
+    pub fn detect(quiet: bool) -> Self {
+        if quiet {
+            ProgressMode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            ProgressMode::Line
+        } else {
+            ProgressMode::Plain
+        }
+    }
+}
+
+/// A small, seedable RNG (SplitMix64) for Rust-side randomness; torch's generator is seeded
+/// separately from the same run seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x5DEE_CE66_D1CE_4E5B)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Uniform integer in [0, n).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((self.next_u64() as u128 * n as u128) >> 64) as u64
+    }
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, xs: &mut [T]) {
+        for i in (1..xs.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            xs.swap(i, j);
+        }
+    }
+}
+
+pub struct RunCtx {
+    pub device: Device,
+    pub seed: u64,
+    pub run_id: String,
+    dir: PathBuf,
+    metrics: csv::Writer<File>,
+    last: BTreeMap<String, f64>,
+    finals: BTreeMap<String, f64>,
+    rng: Rng,
+    progress: ProgressMode,
+    started: Instant,
+    last_print: Option<Instant>,
+    step: u64,
+}
+
+impl RunCtx {
+    /// Opens `dir/metrics.csv` afresh and seeds torch and the Rust RNG from `seed`.
+    pub fn new(dir: &Path, run_id: &str, seed: u64, device: Device, progress: ProgressMode) -> Result<Self> {
+        let path = dir.join("metrics.csv");
+        let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let mut metrics = csv::Writer::from_writer(file);
+        metrics.write_record(["step", "metric", "value"])?;
+        metrics.flush()?;
+        tch::manual_seed(seed as i64);
+        Ok(RunCtx {
+            device,
+            seed,
+            run_id: run_id.to_string(),
+            dir: dir.to_path_buf(),
+            metrics,
+            last: BTreeMap::new(),
+            finals: BTreeMap::new(),
+            rng: Rng::new(seed),
+            progress,
+            started: Instant::now(),
+            last_print: None,
+            step: 0,
+        })
+    }
+
+    /// The run's own directory, for artifacts such as `plan.npz`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    /// Appends one metric value at `step`. A NaN/inf value is written, then ends the run as
+    /// diverged; a pending Ctrl-C ends it as interrupted.
+    pub fn log(&mut self, step: u64, metric: &str, value: f64) -> Result<()> {
+        self.step = step;
+        self.metrics.write_record([step.to_string(), metric.to_string(), value.to_string()])?;
+        if !value.is_finite() {
+            self.metrics.flush()?;
+            return Err(Diverged { step, metric: metric.to_string(), value }.into());
+        }
+        self.last.insert(metric.to_string(), value);
+        Ok(())
+    }
+
+    /// Logs several metrics at one step, flushes, and updates progress.
+    pub fn log_all(&mut self, step: u64, values: &[(&str, f64)]) -> Result<()> {
+        for (m, v) in values {
+            self.log(step, m, *v)?;
+        }
+        self.metrics.flush()?;
+        self.check_cancel()
+    }
+
+    /// A summary-only metric (e.g. a best-so-far or a derived value); overrides the last logged.
+    pub fn set_final(&mut self, metric: &str, value: f64) -> Result<()> {
+        if !value.is_finite() {
+            return Err(Diverged { step: self.step, metric: metric.to_string(), value }.into());
+        }
+        self.finals.insert(metric.to_string(), value);
+        Ok(())
+    }
+
+    /// Reports progress (`step` of `total`) and stops the run if Ctrl-C was pressed.
+    pub fn tick(&mut self, step: u64, total: u64) -> Result<()> {
+        self.step = step;
+        self.show_progress(step, total);
+        self.check_cancel()
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        if cancel_requested() {
+            return Err(Interrupted { step: self.step }.into());
+        }
+        Ok(())
+    }
+
+    fn show_progress(&mut self, step: u64, total: u64) {
+        let now = Instant::now();
+        let every = match self.progress {
+            ProgressMode::Quiet => return,
+            ProgressMode::Line => Duration::from_millis(200),
+            ProgressMode::Plain => Duration::from_secs(10),
+        };
+        let due = match self.last_print {
+            None => self.progress == ProgressMode::Line,
+            Some(t) => now.duration_since(t) >= every,
+        } || step == total;
+        if self.last_print.is_none() {
+            self.last_print = Some(now);
+        }
+        if !due {
+            return;
+        }
+        self.last_print = Some(now);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let eta = if step > 0 && total >= step { elapsed * (total - step) as f64 / step as f64 } else { 0.0 };
+        let latest: Vec<String> = self.last.iter().take(4).map(|(k, v)| format!("{k}={v:.4}")).collect();
+        let line = format!("[{}] {step}/{total}  {}  {elapsed:.0}s, ETA {eta:.0}s", self.run_id, latest.join(" "));
+        let mut err = std::io::stderr().lock();
+        match self.progress {
+            ProgressMode::Line => {
+                let _ = write!(err, "\r\x1b[2K{line}");
+                if step == total {
+                    let _ = writeln!(err);
+                }
+            }
+            _ => {
+                let _ = writeln!(err, "{line}");
+            }
+        }
+    }
+
+    /// The run's final metrics: the last value of each logged metric, then `set_final` values.
+    pub fn final_metrics(&self) -> BTreeMap<String, f64> {
+        let mut out = self.last.clone();
+        out.extend(self.finals.iter().map(|(k, v)| (k.clone(), *v)));
+        out
+    }
+
+    pub fn finish(&mut self) -> Result<()> {
+        if self.progress == ProgressMode::Line && self.last_print.is_some() {
+            let _ = writeln!(std::io::stderr());
+        }
+        self.metrics.flush().context("cannot flush metrics.csv")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_is_deterministic_and_uniformish() {
+        let mut a = Rng::new(3);
+        let mut b = Rng::new(3);
+        let xs: Vec<u64> = (0..5).map(|_| a.next_u64()).collect();
+        let ys: Vec<u64> = (0..5).map(|_| b.next_u64()).collect();
+        assert_eq!(xs, ys);
+        assert_ne!(Rng::new(4).next_u64(), xs[0]);
+        let mean: f64 = (0..20000).map(|_| a.uniform()).sum::<f64>() / 20000.0;
+        assert!((mean - 0.5).abs() < 0.01, "{mean}");
+        let mut v: Vec<u32> = (0..50).collect();
+        a.shuffle(&mut v);
+        let mut s = v.clone();
+        s.sort();
+        assert_eq!(s, (0..50).collect::<Vec<_>>());
+        assert_ne!(v, s);
+    }
+
+    #[test]
+    fn non_finite_metric_is_a_divergence_with_its_step() {
+        let dir = std::env::temp_dir().join(format!("reglab-ctx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ctx = RunCtx::new(&dir, "t", 0, Device::Cpu, ProgressMode::Quiet).unwrap();
+        ctx.log_all(1, &[("loss", 1.0)]).unwrap();
+        let err = ctx.log_all(2, &[("loss", f64::NAN)]).unwrap_err();
+        let d = err.downcast_ref::<Diverged>().expect("a Diverged error");
+        assert_eq!((d.step, d.metric.as_str()), (2, "loss"));
+        assert_eq!(ctx.final_metrics()["loss"], 1.0);
+        ctx.finish().unwrap();
+        let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        assert_eq!(text, "step,metric,value\n1,loss,1\n2,loss,NaN\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

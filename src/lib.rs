@@ -1,0 +1,19 @@
+//! reglab: reproduce the methods of ML papers from YAML experiment specs on libtorch.
+//!
+//! The runner (`spec` → `runner` → `report`) is shared by every paper; a paper is one module
+//! under [`papers`] that uses the shared pieces (`data`, `models`, `train`, `losses`, `ot`).
+
+pub mod context;
+pub mod data;
+pub mod device;
+pub mod fsutil;
+pub mod losses;
+pub mod models;
+pub mod ot;
+pub mod papers;
+pub mod params;
+pub mod provenance;
+pub mod report;
+pub mod runner;
+pub mod spec;
+pub mod train;

@@ -1,0 +1,4 @@
+//! Shared losses and classification metrics.
+
+pub mod classify;
+pub mod stablemax;

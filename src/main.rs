@@ -1,0 +1,331 @@
+//! The `reglab` command line: run, validate, list, show, report.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use reglab::context::{self, ProgressMode};
+use reglab::report::{self, Experiment};
+use reglab::runner::{self, RunSettings, Status};
+use reglab::spec::{self, LoadedSpec, RunPlan};
+use reglab::{device, papers, params};
+
+#[derive(Parser)]
+#[command(name = "reglab", version, about = "Reproduce ML papers' methods from YAML experiment specs on libtorch")]
+struct Cli {
+    /// Silence progress output.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More detail (-v info, -vv debug); RUST_LOG also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every (variant × sweep point × seed) of each spec, then print its report.
+    Run(RunArgs),
+    /// Parse, merge, expand and type-check every run's config without running.
+    Validate(ExpandArgs),
+    /// Every registered paper: key, title, arXiv id, and the experiment files that use it.
+    List,
+    /// A paper's Config with its defaults, as YAML to paste under `params:` in a spec.
+    Show { key: String },
+    /// Write summary.csv and table.md for result directories and check the claims.
+    Report {
+        /// `results/<name>` directories, or a results root holding several.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Exit non-zero when a claim fails or cannot be evaluated.
+        #[arg(long)]
+        check: bool,
+    },
+    /// (internal) Run one prepared run directory; used by `run --jobs N`.
+    #[command(hide = true)]
+    RunOne {
+        dir: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = 1)]
+        threads: i32,
+        #[arg(long)]
+        plain_progress: bool,
+    },
+}
+
+#[derive(Args)]
+struct ExpandArgs {
+    /// Spec files (experiments/*.yaml).
+    #[arg(required = true)]
+    specs: Vec<PathBuf>,
+    /// Seeds to run instead of the spec's, e.g. 0,1,2.
+    #[arg(long)]
+    seeds: Option<String>,
+    /// Override a config key for every run: --set epochs=10 --set optimizer.lr=0.01.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// auto | cpu | cuda | cuda:N (overrides the spec's `device`).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    expand: ExpandArgs,
+    /// Runs at once, each in its own process (a crash cannot take the others down).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Torch threads per run (default: cores / jobs).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Run only the I-th of N deterministic slices (I is 0-based), e.g. --shard 0/4.
+    #[arg(long)]
+    shard: Option<String>,
+    /// Rerun runs that already finished.
+    #[arg(long)]
+    force: bool,
+    /// Results root instead of results/: a spec named x writes to DIR/x/.
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.quiet, cli.verbose);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(quiet: bool, verbose: u8) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => cmd_run(args, cli.quiet),
+        Command::Validate(args) => cmd_validate(args),
+        Command::List => cmd_list(),
+        Command::Show { key } => cmd_show(&key),
+        Command::Report { dirs, check } => cmd_report(&dirs, check),
+        Command::RunOne { dir, device, threads, plain_progress } => {
+            install_ctrl_c();
+            let progress = if cli.quiet {
+                ProgressMode::Quiet
+            } else if plain_progress {
+                ProgressMode::Plain
+            } else {
+                ProgressMode::detect(false)
+            };
+            let dev = device::resolve(&device, "--device")?;
+            let settings = RunSettings { device: dev, device_arg: device, threads, jobs: 1, progress };
+            Ok(match runner::run_one(&dir, &settings)? {
+                Status::Interrupted => ExitCode::from(130),
+                _ => ExitCode::SUCCESS,
+            })
+        }
+    }
+}
+
+/// Every spec loaded, its device resolved and its runs expanded — all before any run starts.
+struct Prepared {
+    spec: LoadedSpec,
+    device: tch::Device,
+    device_arg: String,
+    runs: Vec<RunPlan>,
+}
+
+fn prepare(args: &ExpandArgs) -> Result<Vec<Prepared>> {
+    let seeds = args.seeds.as_deref().map(spec::parse_seeds).transpose()?;
+    let sets = args.sets.iter().map(|s| params::parse_set(s)).collect::<Result<Vec<_>>>()?;
+    let mut out = vec![];
+    let mut names = std::collections::BTreeMap::new();
+    for path in &args.specs {
+        let loaded = spec::load(path)?;
+        if let Some(other) = names.insert(loaded.name.clone(), path.clone()) {
+            bail!("{} and {} both write results/{}/; give one of them another `name:`", other.display(), path.display(), loaded.name);
+        }
+        let (raw, origin) = match &args.device {
+            Some(d) => (d.clone(), "--device".to_string()),
+            None => (loaded.spec.device.clone(), format!("{}: `device`", path.display())),
+        };
+        let device = device::resolve(&raw, &origin)?;
+        let runs = loaded.expand(seeds.as_deref(), &sets)?;
+        out.push(Prepared { device_arg: device::name(device), spec: loaded, device, runs });
+    }
+    Ok(out)
+}
+
+fn cmd_validate(args: ExpandArgs) -> Result<ExitCode> {
+    for p in prepare(&args)? {
+        println!(
+            "{}: ok — paper `{}`, {} runs ({} variants/sweep points × {} seeds), device {}",
+            p.spec.path.display(),
+            p.spec.entry.key,
+            p.runs.len(),
+            p.spec.groups().len(),
+            p.runs.len() / p.spec.groups().len().max(1),
+            p.device_arg
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn install_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if context::cancel_requested() {
+            eprintln!("\nreglab: second Ctrl-C, aborting now");
+            std::process::exit(130);
+        }
+        eprintln!("\nreglab: stopping the running runs at their next step (Ctrl-C again to abort at once)");
+        context::request_cancel();
+    });
+}
+
+fn cmd_run(args: RunArgs, quiet: bool) -> Result<ExitCode> {
+    if args.jobs == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    let shard = args.shard.as_deref().map(spec::parse_shard).transpose()?;
+    let prepared = prepare(&args.expand)?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = match args.threads {
+        Some(t) if t >= 1 => t,
+        Some(t) => bail!("--threads {t}: must be at least 1"),
+        None => (cores / args.jobs).max(1) as i32,
+    };
+    install_ctrl_c();
+    let progress = ProgressMode::detect(quiet);
+    let mut failed: Vec<String> = vec![];
+    let mut interrupted = false;
+    for p in &prepared {
+        let exp_dir = args.out.join(&p.spec.name);
+        std::fs::create_dir_all(&exp_dir).with_context(|| format!("cannot create {}", exp_dir.display()))?;
+        let experiment = Experiment {
+            name: p.spec.name.clone(),
+            paper: p.spec.entry.key.into(),
+            title: p.spec.entry.title.into(),
+            arxiv: p.spec.entry.arxiv.into(),
+            spec_file: p.spec.path.display().to_string(),
+            groups: p.spec.groups(),
+            runs: p.runs.iter().map(|r| (r.id.clone(), r.group.clone())).collect(),
+            claims: p.spec.spec.claims.clone(),
+        };
+        experiment.write(&exp_dir)?;
+        let runs = match shard {
+            Some(s) => spec::shard(p.runs.clone(), s),
+            None => p.runs.clone(),
+        };
+        if !quiet {
+            eprintln!(
+                "{}: {} runs on {} ({} torch threads each{})",
+                p.spec.path.display(),
+                runs.len(),
+                p.device_arg,
+                threads,
+                if args.jobs > 1 { format!(", {} at once", args.jobs) } else { String::new() }
+            );
+        }
+        let settings = RunSettings { device: p.device, device_arg: p.device_arg.clone(), threads, jobs: args.jobs, progress };
+        let outcome = runner::run_all(&runs, &exp_dir, &settings, args.force)?;
+        failed.extend(outcome.failed.iter().map(|id| format!("{}/runs/{id}", exp_dir.display())));
+        interrupted |= outcome.interrupted;
+        let rep = report::report(&exp_dir)?;
+        println!("{}", rep.markdown);
+        if interrupted {
+            break;
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!("error: {} run(s) failed (their summary.csv has the message):", failed.len());
+        for f in &failed {
+            eprintln!("  {f}");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    if interrupted {
+        eprintln!("interrupted: finished runs are kept; run the same command again to continue");
+        return Ok(ExitCode::from(130));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_report(dirs: &[PathBuf], check: bool) -> Result<ExitCode> {
+    let mut all_pass = true;
+    for d in dirs {
+        for exp in report::find_experiments(d)? {
+            let rep = report::report(&exp)?;
+            println!("{}", rep.markdown);
+            all_pass &= rep.all_pass();
+        }
+    }
+    if check && !all_pass {
+        eprintln!("error: at least one claim did not PASS");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The experiments directory: `./experiments` if present, else the one in the source checkout.
+fn experiments_dir() -> PathBuf {
+    let here = Path::new("experiments");
+    if here.is_dir() {
+        here.to_path_buf()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments")
+    }
+}
+
+fn spec_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for sub in [dir.to_path_buf(), dir.join("full")] {
+        if let Ok(entries) = std::fs::read_dir(&sub) {
+            out.extend(entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn cmd_list() -> Result<ExitCode> {
+    let dir = experiments_dir();
+    let files = spec_files(&dir);
+    let paper_of = |p: &Path| -> Option<String> {
+        let v: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+        v.get("paper")?.as_str().map(str::to_string)
+    };
+    for e in papers::registry() {
+        let used: Vec<String> = files
+            .iter()
+            .filter(|f| paper_of(f).as_deref() == Some(e.key))
+            .map(|f| f.strip_prefix(&dir).map(|r| format!("experiments/{}", r.display())).unwrap_or_else(|_| f.display().to_string()))
+            .collect();
+        println!("{:<22} arXiv {:<11} {}", e.key, e.arxiv, e.title);
+        println!("{:<22} {}", "", if used.is_empty() { "(no experiment files)".to_string() } else { used.join(", ") });
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_show(key: &str) -> Result<ExitCode> {
+    let e = papers::find(key)?;
+    println!("# {} — {} (arXiv {})", e.key, e.title, e.arxiv);
+    println!("# The Config with its defaults; paste under `params:` in a spec and edit.");
+    print!("{}", serde_yaml::to_string(&(e.defaults)())?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,90 @@
+//! The registry of papers: key → title, arXiv id, Config defaults, run.
+//!
+//! A paper module implements [`Paper`]: a `Config` with defaults (`serde`, `deny_unknown_fields`)
+//! and a `run` that trains/evaluates with a [`RunCtx`]. The runner only sees the type-erased
+//! [`Entry`], so adding a paper is one module and one line in [`registry`].
+
+use anyhow::Result;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_yaml::Value;
+
+use crate::context::RunCtx;
+use crate::params;
+
+pub mod sparse_ot;
+pub mod stablemax_grokking;
+
+/// What a paper module provides.
+pub trait Paper {
+    const KEY: &'static str;
+    const TITLE: &'static str;
+    const ARXIV: &'static str;
+    type Config: Serialize + DeserializeOwned + Default;
+
+    /// Checks that go beyond types (ranges, combinations); the message names the key.
+    fn check(_config: &Self::Config) -> Result<()> {
+        Ok(())
+    }
+
+    /// Runs one (variant, sweep point, seed). Logs metrics through `ctx`; the last value of each
+    /// logged metric, plus anything given to `ctx.set_final`, is the run's summary.
+    fn run(config: &Self::Config, ctx: &mut RunCtx) -> Result<()>;
+}
+
+/// A registered paper, type-erased for the runner.
+#[derive(Clone, Copy)]
+pub struct Entry {
+    pub key: &'static str,
+    pub title: &'static str,
+    pub arxiv: &'static str,
+    /// The Config's defaults as YAML.
+    pub defaults: fn() -> Value,
+    /// Type-checks a merged config and returns it in canonical form (every key, typed values).
+    pub resolve: fn(&Value, &str) -> Result<Value>,
+    pub run: fn(&Value, &mut RunCtx) -> Result<()>,
+}
+
+fn defaults_of<P: Paper>() -> Value {
+    params::to_value(&P::Config::default())
+}
+
+fn resolve_with<P: Paper>(value: &Value, origin: &str) -> Result<Value> {
+    let config: P::Config = params::typed(value, origin)?;
+    P::check(&config).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    Ok(params::to_value(&config))
+}
+
+fn run_with<P: Paper>(value: &Value, ctx: &mut RunCtx) -> Result<()> {
+    let config: P::Config = params::typed(value, "config")?;
+    P::run(&config, ctx)
+}
+
+/// The registry entry of a paper module.
+pub fn entry<P: Paper>() -> Entry {
+    Entry {
+        key: P::KEY,
+        title: P::TITLE,
+        arxiv: P::ARXIV,
+        defaults: defaults_of::<P>,
+        resolve: resolve_with::<P>,
+        run: run_with::<P>,
+    }
+}
+
+/// Every paper, one line each.
+pub fn registry() -> Vec<Entry> {
+    vec![
+        entry::<sparse_ot::SparseOt>(),
+        entry::<stablemax_grokking::StablemaxGrokking>(),
+    ]
+}
+
+/// Looks a paper up by key; the error lists the known keys.
+pub fn find(key: &str) -> Result<Entry> {
+    let all = registry();
+    all.iter().find(|e| e.key == key).copied().ok_or_else(|| {
+        let known: Vec<&str> = all.iter().map(|e| e.key).collect();
+        anyhow::anyhow!("unknown paper `{key}`; known papers: {} (see `reglab list`)", known.join(", "))
+    })
+}

@@ -1,0 +1,387 @@
+//! Reports: gathers every run's summary of an experiment into `summary.csv` and `table.md`
+//! (variants × final metrics, mean ± std over seeds, n of runs) and checks the spec's claims.
+//!
+//! A cell with no value says why — no run yet, failed, diverged, interrupted — never a blank.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{csv_bytes, write_atomic};
+use crate::runner::{read_summary, SUMMARY_HEAD};
+use crate::spec::Claim;
+
+/// What `run` records about an experiment so `report` knows the planned runs and the claims.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Experiment {
+    pub name: String,
+    pub paper: String,
+    pub title: String,
+    pub arxiv: String,
+    pub spec_file: String,
+    pub groups: Vec<String>,
+    /// (run id, group), in expansion order.
+    pub runs: Vec<(String, String)>,
+    pub claims: Vec<Claim>,
+}
+
+pub const EXPERIMENT_FILE: &str = "experiment.json";
+
+impl Experiment {
+    pub fn write(&self, exp_dir: &Path) -> Result<()> {
+        write_atomic(&exp_dir.join(EXPERIMENT_FILE), serde_json::to_string_pretty(self)?.as_bytes())
+    }
+
+    fn read(exp_dir: &Path) -> Result<Self> {
+        let path = exp_dir.join(EXPERIMENT_FILE);
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is not a reglab experiment file", path.display()))
+    }
+}
+
+/// A claim's verdict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimResult {
+    pub text: String,
+    pub measured: String,
+    pub pass: Option<bool>,
+}
+
+/// The report of one experiment directory.
+#[derive(Debug)]
+pub struct Report {
+    pub markdown: String,
+    pub claims: Vec<ClaimResult>,
+}
+
+impl Report {
+    pub fn all_pass(&self) -> bool {
+        self.claims.iter().all(|c| c.pass == Some(true))
+    }
+}
+
+/// Experiment directories under `path`: itself if it holds `experiment.json` or `runs/`, else
+/// its children that do.
+pub fn find_experiments(path: &Path) -> Result<Vec<PathBuf>> {
+    let is_exp = |p: &Path| p.join(EXPERIMENT_FILE).exists() || p.join("runs").is_dir();
+    if is_exp(path) {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(path)
+        .with_context(|| format!("cannot read results directory `{}` (run a spec first, or check the path)", path.display()))?;
+    let mut out: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_exp(p)).collect();
+    out.sort();
+    if out.is_empty() {
+        bail!("`{}` holds no experiment results (no experiment.json or runs/ in it or its subdirectories)", path.display());
+    }
+    Ok(out)
+}
+
+struct Row {
+    group: String,
+    fields: BTreeMap<String, String>,
+}
+
+/// Builds the report of one experiment, writes `summary.csv` and `table.md`, and returns it.
+pub fn report(exp_dir: &Path) -> Result<Report> {
+    let exp = match Experiment::read(exp_dir) {
+        Ok(e) => e,
+        Err(_) => discover(exp_dir)?,
+    };
+    let mut rows = vec![];
+    for (id, group) in &exp.runs {
+        let dir = exp_dir.join("runs").join(id);
+        if let Ok(fields) = read_summary(&dir) {
+            rows.push(Row { group: group.clone(), fields });
+        }
+    }
+    write_summary(exp_dir, &rows)?;
+
+    let metrics: BTreeSet<String> = rows
+        .iter()
+        .flat_map(|r| r.fields.keys().filter(|k| !SUMMARY_HEAD.contains(&k.as_str()) && !k.starts_with("sweep.")).cloned())
+        .collect();
+    let planned: BTreeMap<&str, usize> = exp.runs.iter().fold(BTreeMap::new(), |mut m, (_, g)| {
+        *m.entry(g.as_str()).or_default() += 1;
+        m
+    });
+    let stats = group_stats(&rows);
+
+    let mut md = String::new();
+    writeln!(md, "# {} — {}", exp.name, exp.title).ok();
+    writeln!(md).ok();
+    writeln!(md, "paper `{}` (arXiv {}), spec `{}`. Cells: mean ± std over seeds of each run's final value; n = runs ok / planned.", exp.paper, exp.arxiv, exp.spec_file).ok();
+    writeln!(md).ok();
+    let mut header = vec!["variant".to_string(), "n".to_string()];
+    header.extend(metrics.iter().cloned());
+    writeln!(md, "| {} |", header.join(" | ")).ok();
+    writeln!(md, "|{}", "---|".repeat(header.len())).ok();
+    for group in &exp.groups {
+        let s = stats.get(group.as_str());
+        let n_ok = s.map_or(0, |s| s.ok);
+        let mut cells = vec![group.clone(), format!("{n_ok}/{}", planned.get(group.as_str()).copied().unwrap_or(0))];
+        for m in &metrics {
+            cells.push(cell(s, m));
+        }
+        writeln!(md, "| {} |", cells.join(" | ")).ok();
+    }
+
+    let claims: Vec<ClaimResult> = exp.claims.iter().map(|c| evaluate(c, &stats)).collect();
+    if !claims.is_empty() {
+        writeln!(md).ok();
+        writeln!(md, "## Claims").ok();
+        writeln!(md).ok();
+        writeln!(md, "| claim | measured (means over seeds) | result |").ok();
+        writeln!(md, "|---|---|---|").ok();
+        for c in &claims {
+            let verdict = match c.pass {
+                Some(true) => "PASS",
+                Some(false) => "FAIL",
+                None => "UNKNOWN",
+            };
+            writeln!(md, "| {} | {} | {verdict} |", c.text, c.measured).ok();
+        }
+    }
+    write_atomic(&exp_dir.join("table.md"), md.as_bytes())?;
+    Ok(Report { markdown: md, claims })
+}
+
+/// Without `experiment.json` (a copied results folder), take the runs found on disk.
+fn discover(exp_dir: &Path) -> Result<Experiment> {
+    let runs_dir = exp_dir.join("runs");
+    let mut runs = vec![];
+    let mut groups = vec![];
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(&runs_dir)
+        .with_context(|| format!("cannot read {}", runs_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for dir in entries {
+        if let Ok(row) = read_summary(&dir) {
+            let id = row.get("run_id").cloned().unwrap_or_default();
+            let group = row.get("group").cloned().unwrap_or_default();
+            if !groups.contains(&group) {
+                groups.push(group.clone());
+            }
+            runs.push((id, group));
+        }
+    }
+    let name = exp_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    Ok(Experiment { name, paper: "?".into(), title: "(no experiment.json)".into(), arxiv: "?".into(), spec_file: "?".into(), groups, runs, claims: vec![] })
+}
+
+fn write_summary(exp_dir: &Path, rows: &[Row]) -> Result<()> {
+    let mut header: Vec<String> = SUMMARY_HEAD.iter().map(|s| s.to_string()).collect();
+    let mut extra: Vec<String> = vec![];
+    for r in rows {
+        for k in r.fields.keys() {
+            if !header.contains(k) && !extra.contains(k) {
+                extra.push(k.clone());
+            }
+        }
+    }
+    extra.sort_by_key(|k| (!k.starts_with("sweep."), k.clone()));
+    header.extend(extra);
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| header.iter().map(|h| r.fields.get(h).cloned().unwrap_or_default()).collect())
+        .collect();
+    write_atomic(&exp_dir.join("summary.csv"), &csv_bytes(&header, &table)?)
+}
+
+#[derive(Default)]
+struct GroupStats {
+    ok: usize,
+    /// metric → values of the ok runs
+    values: BTreeMap<String, Vec<f64>>,
+    /// status → (count, a step or message)
+    other: BTreeMap<String, (usize, String)>,
+}
+
+fn group_stats(rows: &[Row]) -> BTreeMap<&str, GroupStats> {
+    let mut out: BTreeMap<&str, GroupStats> = BTreeMap::new();
+    for r in rows {
+        let s = out.entry(r.group.as_str()).or_default();
+        let status = r.fields.get("status").map(String::as_str).unwrap_or("?");
+        if status == "ok" {
+            s.ok += 1;
+            for (k, v) in &r.fields {
+                if let Ok(x) = v.parse::<f64>() {
+                    if !SUMMARY_HEAD.contains(&k.as_str()) && !k.starts_with("sweep.") {
+                        s.values.entry(k.clone()).or_default().push(x);
+                    }
+                }
+            }
+        } else {
+            let detail = match status {
+                "diverged" => format!("step {}", r.fields.get("step").cloned().unwrap_or_default()),
+                _ => String::new(),
+            };
+            let e = s.other.entry(status.to_string()).or_insert((0, detail));
+            e.0 += 1;
+        }
+    }
+    out
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// Four significant digits; scientific notation outside [1e-3, 1e4).
+pub fn fmt_num(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into();
+    }
+    let a = x.abs();
+    if (1e-3..1e4).contains(&a) {
+        let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+        format!("{x:.decimals$}")
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+fn not_ok_text(s: &GroupStats) -> String {
+    s.other
+        .iter()
+        .map(|(status, (n, detail))| if detail.is_empty() { format!("{n} {status}") } else { format!("{n} {status} ({detail})") })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cell(stats: Option<&GroupStats>, metric: &str) -> String {
+    let Some(s) = stats else { return "no run yet".into() };
+    match s.values.get(metric) {
+        Some(xs) if !xs.is_empty() => {
+            let (m, sd) = mean_std(xs);
+            let mut text = if xs.len() > 1 { format!("{} ± {}", fmt_num(m), fmt_num(sd)) } else { fmt_num(m) };
+            if !s.other.is_empty() {
+                text.push_str(&format!(" (+{})", not_ok_text(s)));
+            }
+            text
+        }
+        _ if s.ok == 0 && !s.other.is_empty() => not_ok_text(s),
+        _ => "not reported".into(),
+    }
+}
+
+fn group_mean(stats: &BTreeMap<&str, GroupStats>, group: &str, metric: &str) -> Result<f64, String> {
+    let Some(s) = stats.get(group) else { return Err(format!("{group}: no run yet")) };
+    match s.values.get(metric) {
+        Some(xs) if !xs.is_empty() => Ok(mean_std(xs).0),
+        _ if s.ok == 0 && !s.other.is_empty() => Err(format!("{group}: {}", not_ok_text(s))),
+        _ => Err(format!("{group}: `{metric}` not reported")),
+    }
+}
+
+fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>) -> ClaimResult {
+    let m = &claim.metric;
+    let note = claim.note.as_ref().map(|n| format!(" — {n}")).unwrap_or_default();
+    if let (Some(than), Some((subject, higher))) =
+        (&claim.than, claim.higher.as_ref().map(|h| (h, true)).or(claim.lower.as_ref().map(|l| (l, false))))
+    {
+        let margin = claim.margin.unwrap_or(0.0);
+        let op = if higher { ">" } else { "<" };
+        let sign = if higher { "+" } else { "−" };
+        let margin_text = if margin != 0.0 { format!(" {sign} {}", fmt_num(margin)) } else { String::new() };
+        let text = format!("`{m}`: {subject} {op} {than}{margin_text}{note}");
+        return match (group_mean(stats, subject, m), group_mean(stats, than, m)) {
+            (Ok(a), Ok(b)) => {
+                let diff = if higher { a - b } else { b - a };
+                ClaimResult {
+                    text,
+                    measured: format!("{subject} {} vs {than} {} (by {})", fmt_num(a), fmt_num(b), fmt_num(diff)),
+                    pass: Some(diff > margin),
+                }
+            }
+            (a, b) => ClaimResult {
+                text,
+                measured: [a.err(), b.err()].into_iter().flatten().collect::<Vec<_>>().join("; "),
+                pass: None,
+            },
+        };
+    }
+    let variant = claim.variant.clone().unwrap_or_default();
+    let mut bounds = vec![];
+    if let Some(lo) = claim.at_least {
+        bounds.push(format!("≥ {}", fmt_num(lo)));
+    }
+    if let Some(hi) = claim.at_most {
+        bounds.push(format!("≤ {}", fmt_num(hi)));
+    }
+    let text = format!("`{m}`: {variant} {}{note}", bounds.join(" and "));
+    match group_mean(stats, &variant, m) {
+        Ok(x) => {
+            let pass = claim.at_least.is_none_or(|lo| x >= lo) && claim.at_most.is_none_or(|hi| x <= hi);
+            ClaimResult { text, measured: format!("{variant} {}", fmt_num(x)), pass: Some(pass) }
+        }
+        Err(why) => ClaimResult { text, measured: why, pass: None },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_std_and_formatting() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0]);
+        assert_eq!(m, 2.0);
+        assert!((s - 1.0).abs() < 1e-12);
+        assert_eq!(mean_std(&[5.0]).1, 0.0);
+        assert_eq!(fmt_num(0.123456), "0.1235");
+        assert_eq!(fmt_num(12.3456), "12.35");
+        assert_eq!(fmt_num(1.5e-5), "1.500e-5");
+        assert_eq!(fmt_num(0.0), "0");
+    }
+
+    fn stats_of(groups: &[(&'static str, &[f64], &[&str])]) -> BTreeMap<&'static str, GroupStats> {
+        let mut out = BTreeMap::new();
+        for (g, vals, bad) in groups {
+            let mut s = GroupStats { ok: vals.len(), ..Default::default() };
+            if !vals.is_empty() {
+                s.values.insert("acc".into(), vals.to_vec());
+            }
+            for b in *bad {
+                s.other.entry(b.to_string()).or_insert((0, String::new())).0 += 1;
+            }
+            out.insert(*g, s);
+        }
+        out
+    }
+
+    fn claim(yaml: &str) -> Claim {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn pairwise_claims_use_means_and_margin() {
+        let st = stats_of(&[("a", &[0.9, 0.8], &[]), ("b", &[0.6, 0.7], &[])]);
+        assert_eq!(evaluate(&claim("{metric: acc, higher: a, than: b, margin: 0.1}"), &st).pass, Some(true));
+        assert_eq!(evaluate(&claim("{metric: acc, higher: a, than: b, margin: 0.3}"), &st).pass, Some(false));
+        assert_eq!(evaluate(&claim("{metric: acc, lower: b, than: a}"), &st).pass, Some(true));
+        assert_eq!(evaluate(&claim("{metric: acc, lower: a, than: b}"), &st).pass, Some(false));
+    }
+
+    #[test]
+    fn bound_claims_and_missing_values_say_why() {
+        let st = stats_of(&[("a", &[0.95], &[]), ("d", &[], &["diverged"])]);
+        assert_eq!(evaluate(&claim("{metric: acc, variant: a, at_least: 0.9, at_most: 1}"), &st).pass, Some(true));
+        assert_eq!(evaluate(&claim("{metric: acc, variant: a, at_most: 0.9}"), &st).pass, Some(false));
+        let r = evaluate(&claim("{metric: acc, higher: d, than: a}"), &st);
+        assert_eq!(r.pass, None);
+        assert!(r.measured.contains("diverged"), "{}", r.measured);
+        let r = evaluate(&claim("{metric: acc, variant: zz, at_least: 0}"), &st);
+        assert!(r.measured.contains("no run yet"), "{}", r.measured);
+        assert_eq!(cell(st.get("d"), "acc"), "1 diverged");
+        assert_eq!(cell(None, "acc"), "no run yet");
+    }
+}

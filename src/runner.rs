@@ -1,0 +1,304 @@
+//! Runs the expanded list: skips finished runs, executes the rest in-process or as `--jobs N`
+//! child processes, and writes each run's `config.yaml`, `metrics.csv`, `summary.csv`, `run.json`.
+//!
+//! Child processes give isolation: a run that aborts libtorch cannot take its siblings down.
+//! A run ends `ok`, `diverged` (a metric went NaN/inf), `failed` (an error or a panic, message
+//! kept) or `interrupted` (Ctrl-C); only `ok` runs with the same resolved config are skipped later.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_yaml::Value;
+use tch::Device;
+
+use crate::context::{self, Diverged, Interrupted, ProgressMode, RunCtx};
+use crate::fsutil::{csv_bytes, write_atomic};
+use crate::papers;
+use crate::provenance::{self, RunInfo};
+use crate::spec::RunPlan;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Diverged,
+    Failed,
+    Interrupted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Diverged => "diverged",
+            Status::Failed => "failed",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Where a run's files live.
+pub fn run_dir(exp_dir: &Path, id: &str) -> PathBuf {
+    exp_dir.join("runs").join(id)
+}
+
+/// The text written as `config.yaml`; also what decides whether a finished run can be skipped.
+pub fn config_text(config: &Value) -> String {
+    serde_yaml::to_string(config).expect("a config serializes")
+}
+
+/// True when the run finished `ok` with exactly this resolved config.
+pub fn is_finished(dir: &Path, config: &Value) -> bool {
+    let same_config = std::fs::read_to_string(dir.join("config.yaml")).is_ok_and(|t| t == config_text(config));
+    same_config && read_summary(dir).is_ok_and(|row| row.get("status").map(String::as_str) == Some("ok"))
+}
+
+/// Reads a run's one-row `summary.csv` as column → value.
+pub fn read_summary(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let path = dir.join("summary.csv");
+    let mut reader = csv::Reader::from_path(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let header = reader.headers()?.clone();
+    let row = reader.records().next().ok_or_else(|| anyhow!("{} has no row", path.display()))??;
+    Ok(header.iter().zip(row.iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect())
+}
+
+/// Settings shared by every run of one `reglab run`.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub device: Device,
+    /// The device as the user wrote it (`cuda:0`), for child processes.
+    pub device_arg: String,
+    pub threads: i32,
+    pub jobs: usize,
+    pub progress: ProgressMode,
+}
+
+/// Runs one planned run in this process and writes all its files. Never returns an error for a
+/// failure inside the paper's code: that becomes status `failed` in the summary.
+pub fn execute(plan: &RunPlan, dir: &Path, settings: &RunSettings) -> Result<Status> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    write_atomic(&dir.join("config.yaml"), config_text(&plan.config).as_bytes())?;
+    let _ = std::fs::remove_file(dir.join("summary.csv"));
+    tch::set_num_threads(settings.threads);
+    let entry = papers::find(&plan.paper)?;
+    let started_at = provenance::now_rfc3339();
+    let clock = Instant::now();
+    let mut ctx = RunCtx::new(dir, &plan.id, plan.seed, settings.device, settings.progress)?;
+    tracing::info!(run = %plan.id, "start");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (entry.run)(&plan.config, &mut ctx)));
+    let _ = ctx.finish();
+    let wall = clock.elapsed().as_secs_f64();
+    let (status, step, message) = match outcome {
+        Ok(Ok(())) => (Status::Ok, String::new(), String::new()),
+        Ok(Err(err)) => {
+            if let Some(d) = err.downcast_ref::<Diverged>() {
+                (Status::Diverged, d.step.to_string(), d.to_string())
+            } else if let Some(i) = err.downcast_ref::<Interrupted>() {
+                (Status::Interrupted, i.step.to_string(), i.to_string())
+            } else {
+                (Status::Failed, String::new(), format!("{err:#}"))
+            }
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".into());
+            (Status::Failed, String::new(), format!("panicked: {}", msg.lines().next().unwrap_or("")))
+        }
+    };
+    match status {
+        Status::Ok => tracing::info!(run = %plan.id, wall_s = wall, "ok"),
+        _ => tracing::warn!(run = %plan.id, "{}: {message}", status.as_str()),
+    }
+    let finals = ctx.final_metrics();
+    write_run_summary(dir, plan, status, &step, &message, wall, &finals)?;
+    let (git_commit, git_dirty) = provenance::git_state();
+    let info = RunInfo {
+        run_id: plan.id.clone(),
+        paper: plan.paper.clone(),
+        variant: plan.variant.clone(),
+        seed: plan.seed,
+        status: status.as_str().into(),
+        git_commit,
+        git_dirty,
+        reglab_version: env!("CARGO_PKG_VERSION"),
+        libtorch_version: provenance::libtorch_version(),
+        device: format!("{:?}", settings.device).to_lowercase(),
+        device_name: provenance::device_name(settings.device),
+        torch_threads: tch::get_num_threads(),
+        host: provenance::host(),
+        started: started_at,
+        ended: provenance::now_rfc3339(),
+        wall_s: wall,
+    };
+    write_atomic(&dir.join("run.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
+    Ok(status)
+}
+
+/// The fixed leading columns of every summary row; final metrics follow, sorted by name.
+pub const SUMMARY_HEAD: [&str; 8] = ["run_id", "variant", "group", "seed", "status", "step", "message", "wall_s"];
+
+fn write_run_summary(
+    dir: &Path,
+    plan: &RunPlan,
+    status: Status,
+    step: &str,
+    message: &str,
+    wall: f64,
+    finals: &BTreeMap<String, f64>,
+) -> Result<()> {
+    let mut header: Vec<String> = SUMMARY_HEAD.iter().map(|s| s.to_string()).collect();
+    let mut row = vec![
+        plan.id.clone(),
+        plan.variant.clone(),
+        plan.group.clone(),
+        plan.seed.to_string(),
+        status.as_str().to_string(),
+        step.to_string(),
+        message.replace('\n', " "),
+        format!("{wall:.3}"),
+    ];
+    for (k, v) in &plan.sweep {
+        header.push(format!("sweep.{k}"));
+        row.push(v.clone());
+    }
+    for (k, v) in finals {
+        header.push(k.clone());
+        row.push(v.to_string());
+    }
+    write_atomic(&dir.join("summary.csv"), &csv_bytes(&header, &[row])?)
+}
+
+/// What `run_all` did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub skipped: usize,
+    pub by_status: BTreeMap<String, usize>,
+    pub failed: Vec<String>,
+    pub interrupted: bool,
+}
+
+/// Runs `plans` (already sharded) under `exp_dir`, skipping finished ones unless `force`.
+pub fn run_all(plans: &[RunPlan], exp_dir: &Path, settings: &RunSettings, force: bool) -> Result<Outcome> {
+    let mut outcome = Outcome::default();
+    let mut todo = vec![];
+    for plan in plans {
+        let dir = run_dir(exp_dir, &plan.id);
+        if !force && is_finished(&dir, &plan.config) {
+            outcome.skipped += 1;
+        } else {
+            todo.push(plan.clone());
+        }
+    }
+    if outcome.skipped > 0 {
+        eprintln!(
+            "{}: {} of {} runs already finished with the same config, skipped (--force reruns them)",
+            exp_dir.display(),
+            outcome.skipped,
+            plans.len()
+        );
+    }
+    if todo.is_empty() {
+        eprintln!("{}: nothing to do", exp_dir.display());
+        return Ok(outcome);
+    }
+    let record = |id: &str, status: Status, outcome: &mut Outcome| {
+        *outcome.by_status.entry(status.as_str().to_string()).or_default() += 1;
+        match status {
+            Status::Failed => outcome.failed.push(id.to_string()),
+            Status::Interrupted => outcome.interrupted = true,
+            _ => {}
+        }
+    };
+    if settings.jobs <= 1 {
+        for plan in &todo {
+            if context::cancel_requested() {
+                outcome.interrupted = true;
+                break;
+            }
+            let status = execute(plan, &run_dir(exp_dir, &plan.id), settings)?;
+            record(&plan.id, status, &mut outcome);
+        }
+    } else {
+        for (id, status) in run_children(&todo, exp_dir, settings)? {
+            record(&id, status, &mut outcome);
+        }
+    }
+    Ok(outcome)
+}
+
+/// Runs each plan as `reglab run-one` in up to `jobs` child processes.
+fn run_children(todo: &[RunPlan], exp_dir: &Path, settings: &RunSettings) -> Result<Vec<(String, Status)>> {
+    let exe = std::env::current_exe().context("cannot find the reglab executable to start child runs")?;
+    let mut queue: VecDeque<&RunPlan> = todo.iter().collect();
+    let mut running: Vec<(String, PathBuf, Child)> = vec![];
+    let mut done = vec![];
+    loop {
+        while running.len() < settings.jobs && !context::cancel_requested() {
+            let Some(plan) = queue.pop_front() else { break };
+            let dir = run_dir(exp_dir, &plan.id);
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            write_atomic(&dir.join("plan.json"), serde_json::to_string_pretty(plan)?.as_bytes())?;
+            write_atomic(&dir.join("config.yaml"), config_text(&plan.config).as_bytes())?;
+            let mut cmd = Command::new(&exe);
+            cmd.arg("run-one")
+                .arg(&dir)
+                .args(["--device", &settings.device_arg, "--threads", &settings.threads.to_string()])
+                .stdin(Stdio::null());
+            if settings.progress == ProgressMode::Quiet {
+                cmd.arg("-q");
+            } else {
+                // Several runs share the terminal: plain lines, not redrawn ones.
+                cmd.arg("--plain-progress");
+            }
+            let child = cmd.spawn().with_context(|| format!("cannot start child run {}", plan.id))?;
+            running.push((plan.id.clone(), dir, child));
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut i = 0;
+        while i < running.len() {
+            if let Some(exit) = running[i].2.try_wait()? {
+                let (id, dir, _) = running.remove(i);
+                let status = match read_summary(&dir).ok().and_then(|r| r.get("status").cloned()) {
+                    Some(s) if s == "ok" => Status::Ok,
+                    Some(s) if s == "diverged" => Status::Diverged,
+                    Some(s) if s == "interrupted" => Status::Interrupted,
+                    Some(_) => Status::Failed,
+                    None => {
+                        // The child died without writing its summary (a crash inside libtorch).
+                        let plan: RunPlan = serde_json::from_slice(&std::fs::read(dir.join("plan.json"))?)?;
+                        let msg = format!("the run's process exited with {exit} before writing its summary");
+                        write_run_summary(&dir, &RunPlan { config: Value::Null, ..plan }, Status::Failed, "", &msg, 0.0, &BTreeMap::new())?;
+                        Status::Failed
+                    }
+                };
+                done.push((id, status));
+            } else {
+                i += 1;
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// The `run-one` child: reads `plan.json` and `config.yaml` from `dir` and runs it.
+pub fn run_one(dir: &Path, settings: &RunSettings) -> Result<Status> {
+    let plan_path = dir.join("plan.json");
+    let mut plan: RunPlan = serde_json::from_slice(&std::fs::read(&plan_path).with_context(|| format!("cannot read {}", plan_path.display()))?)
+        .with_context(|| format!("{} is not a run plan", plan_path.display()))?;
+    let config_path = dir.join("config.yaml");
+    let text = std::fs::read_to_string(&config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
+    plan.config = serde_yaml::from_str(&text).with_context(|| format!("{} is not valid YAML", config_path.display()))?;
+    if plan.config.is_null() {
+        bail!("{} is empty", config_path.display());
+    }
+    execute(&plan, dir, settings)
+}
