@@ -258,7 +258,9 @@ impl super::Paper for SparseOt {
         }
         if let Some(exact) = exact_cost_uniform(&a, &b, &c) {
             metrics.push(("exact_cost", exact));
-            metrics.push(("cost_gap_rel", (stats.cost - exact) / exact.abs().max(1e-300)));
+            let gap = (stats.cost - exact) / exact.abs().max(1e-300);
+            metrics.push(("cost_gap_rel", gap));
+            metrics.push(("cost_gap_abs", gap.abs()));
         }
         ctx.log_all(iterations as u64, &metrics)?;
         let path = ctx.dir().join("plan.npz");

@@ -1,0 +1,70 @@
+# reglab — build, test, run. `make demo` and `make test` do all the set-up on a fresh machine
+# (a Rust toolchain and python3): libtorch comes from the PyTorch wheel in a venv outside the
+# checkout. Point LIBTORCH= at an existing libtorch 2.11 to skip the venv.
+
+TORCH_VERSION := 2.11.0
+TORCH_VENV    ?= $(HOME)/.cache/reglab/torch-$(TORCH_VERSION)
+PYTHON        ?= python3
+EXP           ?= experiments/stablemax_grokking.yaml
+RESULTS       ?= results
+ARGS          ?=
+
+ifdef LIBTORCH
+TORCH_READY :=
+export LIBTORCH
+else
+TORCH_READY := $(TORCH_VENV)/.installed
+export LIBTORCH_USE_PYTORCH := 1
+# torch-sys asks `python3` where torch is: the venv's must come first.
+export PATH := $(TORCH_VENV)/bin:$(PATH)
+endif
+
+CARGO   ?= cargo
+REGLAB  := target/release/reglab
+SPECS   := $(wildcard experiments/*.yaml)
+
+.PHONY: all build demo test run sweep tables bench clean torch env $(SPECS:%=sweep-%)
+
+all: build
+
+$(TORCH_VENV)/.installed:
+	@echo ">> installing torch==$(TORCH_VERSION) into $(TORCH_VENV) (once; about 4 GB)"
+	$(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_VENV)/bin/pip install --quiet --disable-pip-version-check torch==$(TORCH_VERSION)
+	@touch $@
+
+torch: $(TORCH_READY)
+
+build: $(TORCH_READY)
+	$(CARGO) build --release
+
+demo: build
+	@start=$$(date +%s); \
+	$(REGLAB) run experiments/stablemax_grokking.yaml --out $(RESULTS) $(ARGS); rc=$$?; \
+	echo ">> demo wall time: $$(( $$(date +%s) - start )) s"; exit $$rc
+
+test: $(TORCH_READY)
+	$(CARGO) test --release -- --test-threads=2
+
+run: build
+	$(CARGO) run --release -- run $(EXP) --out $(RESULTS) $(ARGS)
+
+# Every spec at once: `make -j2 sweep`.
+sweep: $(SPECS:%=sweep-%)
+$(SPECS:%=sweep-%): sweep-%: build
+	$(REGLAB) -q run $* --out $(RESULTS) --threads 1 $(ARGS) > /dev/null
+
+tables: build
+	$(REGLAB) report $(RESULTS)
+
+bench: build
+	$(TORCH_VENV)/bin/python bench/stablemax_bench.py --reglab $(REGLAB)
+
+# The two lines to export so that plain `cargo run -- run ...` works.
+env:
+	@echo 'export LIBTORCH_USE_PYTORCH=1'
+	@echo 'export PATH="$(TORCH_VENV)/bin:$$PATH"'
+
+clean:
+	$(CARGO) clean
+	rm -rf $(RESULTS)/*/

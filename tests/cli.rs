@@ -1,0 +1,357 @@
+//! Integration tests that drive the built `reglab` binary on tiny specs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_reglab"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+/// A fresh scratch directory per test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reglab-it-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("reglab starts")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A grokking spec small enough to run in well under a second per run.
+const TINY: &str = "paper: stablemax_grokking
+seeds: [0, 1]
+params: { modulus: 7, hidden: [8], epochs: 6, log_every: 2 }
+variants:
+  - name: softmax
+  - name: stablemax
+    params: { loss: stablemax_ce }
+";
+
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = r.headers().unwrap().iter().map(str::to_string).collect();
+    let rows = r.records().map(|x| x.unwrap().iter().map(str::to_string).collect()).collect();
+    (header, rows)
+}
+
+/// summary.csv without its wall-time column, for byte comparisons.
+fn summary_without_wall(path: &Path) -> Vec<Vec<String>> {
+    let (h, rows) = read_csv(path);
+    let wall = h.iter().position(|c| c == "wall_s").unwrap();
+    std::iter::once(h).chain(rows).map(|mut r| {
+        r.remove(wall);
+        r
+    }).collect()
+}
+
+fn run_dirs(exp: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(exp.join("runs")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn run_writes_the_output_contract() {
+    let dir = scratch("contract");
+    let spec = write(&dir, "tiny.yaml", TINY);
+    let out = run(&["-q", "run", spec.to_str().unwrap(), "--out", dir.join("res").to_str().unwrap(), "--threads", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let exp = dir.join("res/tiny");
+    assert_eq!(run_dirs(&exp), vec!["softmax__s0", "softmax__s1", "stablemax__s0", "stablemax__s1"]);
+    let r = exp.join("runs/stablemax__s1");
+    let cfg: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(r.join("config.yaml")).unwrap()).unwrap();
+    assert_eq!(cfg["loss"].as_str(), Some("stablemax_ce"));
+    assert_eq!(cfg["modulus"].as_i64(), Some(7));
+    let (h, rows) = read_csv(&r.join("metrics.csv"));
+    assert_eq!(h, vec!["step", "metric", "value"]);
+    assert!(rows.iter().any(|row| row[0] == "6" && row[1] == "test_acc"));
+    let (h, rows) = read_csv(&r.join("summary.csv"));
+    assert_eq!(&h[..5], &["run_id", "variant", "group", "seed", "status"]);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(&rows[0][..5], &["stablemax__s1", "stablemax", "stablemax", "1", "ok"]);
+    assert!(h.contains(&"test_acc".to_string()) && h.contains(&"sc_fraction".to_string()));
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(r.join("run.json")).unwrap()).unwrap();
+    for key in ["run_id", "seed", "git_commit", "git_dirty", "reglab_version", "libtorch_version", "device", "device_name", "torch_threads", "host", "started", "ended", "wall_s"] {
+        assert!(info.get(key).is_some(), "run.json lacks {key}: {info}");
+    }
+    assert_eq!(info["torch_threads"], 1);
+    assert!(info["libtorch_version"].as_str().unwrap().starts_with("2.11"), "{info}");
+    let (_, all) = read_csv(&exp.join("summary.csv"));
+    assert_eq!(all.len(), 4);
+    let table = std::fs::read_to_string(exp.join("table.md")).unwrap();
+    assert!(table.contains("| softmax | 2/2 |") && table.contains("±"), "{table}");
+    // The report is printed at the end of `run`.
+    assert!(String::from_utf8_lossy(&out.stdout).contains("| stablemax | 2/2 |"));
+}
+
+#[test]
+fn finished_runs_are_skipped_and_force_reruns() {
+    let dir = scratch("skip");
+    let spec = write(&dir, "tiny.yaml", TINY);
+    let res = dir.join("res");
+    let args = ["run", spec.to_str().unwrap(), "--out", res.to_str().unwrap(), "--threads", "1", "--seeds", "0"];
+    assert!(run(&args).status.success());
+    let metrics = res.join("tiny/runs/softmax__s0/metrics.csv");
+    let before = std::fs::metadata(&metrics).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let out = run(&args);
+    assert!(out.status.success());
+    assert!(text(&out).contains("nothing to do") && text(&out).contains("2 of 2 runs already finished"), "{}", text(&out));
+    assert_eq!(std::fs::metadata(&metrics).unwrap().modified().unwrap(), before);
+    // A changed config is not "finished".
+    let out = run(&[&args[..], &["--set", "epochs=4"]].concat());
+    assert!(!text(&out).contains("nothing to do"), "{}", text(&out));
+    let forced = run(&[&args[..], &["--force"]].concat());
+    assert!(forced.status.success());
+    assert_ne!(std::fs::metadata(&metrics).unwrap().modified().unwrap(), before);
+}
+
+#[test]
+fn shards_union_to_the_whole_and_jobs_match_byte_for_byte() {
+    let dir = scratch("shard");
+    let spec = write(&dir, "tiny.yaml", TINY);
+    let s = spec.to_str().unwrap();
+    let whole = dir.join("whole");
+    let sharded = dir.join("sharded");
+    let jobs = dir.join("jobs");
+    assert!(run(&["-q", "run", s, "--out", whole.to_str().unwrap()]).status.success());
+    for i in 0..3 {
+        let shard = format!("{i}/3");
+        let out = run(&["-q", "run", s, "--out", sharded.to_str().unwrap(), "--shard", &shard]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = run(&["-q", "run", s, "--out", jobs.to_str().unwrap(), "--jobs", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ids = run_dirs(&whole.join("tiny"));
+    assert_eq!(ids.len(), 4);
+    assert_eq!(run_dirs(&sharded.join("tiny")), ids);
+    assert_eq!(run_dirs(&jobs.join("tiny")), ids);
+    for id in &ids {
+        let m = |root: &Path| std::fs::read(root.join("tiny/runs").join(id).join("metrics.csv")).unwrap();
+        assert_eq!(m(&whole), m(&sharded), "{id}: shard differs");
+        assert_eq!(m(&whole), m(&jobs), "{id}: --jobs 2 differs");
+        let s = |root: &Path| summary_without_wall(&root.join("tiny/runs").join(id).join("summary.csv"));
+        assert_eq!(s(&whole), s(&sharded));
+        assert_eq!(s(&whole), s(&jobs));
+    }
+    assert_eq!(summary_without_wall(&whole.join("tiny/summary.csv")), summary_without_wall(&sharded.join("tiny/summary.csv")));
+}
+
+#[test]
+fn a_diverging_run_is_diverged_and_a_failing_one_failed_while_siblings_finish() {
+    let dir = scratch("diverge");
+    let spec = write(
+        &dir,
+        "bad.yaml",
+        "paper: stablemax_grokking
+params: { modulus: 7, hidden: [8], epochs: 40, log_every: 1 }
+variants:
+  - name: fine
+  - name: explode
+    params: { lr: 1.0e+30 }
+",
+    );
+    for jobs in ["1", "2"] {
+        let res = dir.join(format!("res{jobs}"));
+        let out = run(&["-q", "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap(), "--jobs", jobs]);
+        assert!(out.status.success(), "a diverged run is a result, not an error: {}", text(&out));
+        let row = |id: &str| {
+            let (h, rows) = read_csv(&res.join("bad/runs").join(id).join("summary.csv"));
+            h.into_iter().zip(rows[0].clone()).collect::<BTreeMap<_, _>>()
+        };
+        assert_eq!(row("fine__s0")["status"], "ok");
+        let bad = row("explode__s0");
+        assert_eq!(bad["status"], "diverged", "{bad:?}");
+        assert!(bad["step"].parse::<u64>().unwrap() >= 1 && bad["message"].contains("became"), "{bad:?}");
+        let table = std::fs::read_to_string(res.join("bad/table.md")).unwrap();
+        assert!(table.contains("1 diverged (step"), "{table}");
+    }
+
+    let ot = write(
+        &dir,
+        "ot.yaml",
+        "paper: sparse_ot
+params: { m: 6 }
+variants:
+  - name: good
+    params: { k: 2 }
+  - name: missing_file
+    params: { instance: npz, npz_path: /nonexistent/problem.npz }
+",
+    );
+    for jobs in ["1", "2"] {
+        let res = dir.join(format!("ot{jobs}"));
+        let out = run(&["-q", "run", ot.to_str().unwrap(), "--out", res.to_str().unwrap(), "--jobs", jobs]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(text(&out).contains("1 run(s) failed") && text(&out).contains("missing_file__s0"), "{}", text(&out));
+        let (h, rows) = read_csv(&res.join("ot/runs/missing_file__s0/summary.csv"));
+        let row: BTreeMap<_, _> = h.into_iter().zip(rows[0].clone()).collect();
+        assert_eq!(row["status"], "failed");
+        assert!(row["message"].contains("/nonexistent/problem.npz"), "{row:?}");
+        assert_eq!(read_csv(&res.join("ot/runs/good__s0/summary.csv")).1[0][4], "ok");
+    }
+}
+
+#[test]
+fn report_check_exit_codes_follow_the_claims() {
+    let dir = scratch("claims");
+    let base = "paper: sparse_ot
+params: { m: 8 }
+variants:
+  - name: sparse
+    params: { k: 2 }
+  - name: sinkhorn
+    params: { method: sinkhorn }
+";
+    let good = write(&dir, "good.yaml", &format!("{base}claims:\n  - {{ metric: max_nnz_col, variant: sparse, at_most: 2 }}\n  - {{ metric: mean_nnz_col, higher: sinkhorn, than: sparse }}\n"));
+    let bad = write(&dir, "bad.yaml", &format!("{base}claims:\n  - {{ metric: max_nnz_col, variant: sparse, at_most: 1 }}\n"));
+    let res = dir.join("res");
+    for spec in [&good, &bad] {
+        assert!(run(&["-q", "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap()]).status.success());
+    }
+    let ok = run(&["report", res.join("good").to_str().unwrap(), "--check"]);
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert!(text(&ok).contains("PASS") && !text(&ok).contains("FAIL"));
+    let fail = run(&["report", res.join("bad").to_str().unwrap(), "--check"]);
+    assert_eq!(fail.status.code(), Some(1));
+    assert!(text(&fail).contains("FAIL"));
+    // Without --check a failing claim is reported but not an error; a results root reports all.
+    assert!(run(&["report", res.to_str().unwrap()]).status.success());
+    let missing = run(&["report", dir.join("nope").to_str().unwrap()]);
+    assert!(!missing.status.success() && text(&missing).contains("nope"));
+}
+
+#[test]
+fn cuda_without_a_gpu_is_a_clear_error_before_any_run() {
+    if tch::Cuda::is_available() {
+        return;
+    }
+    let dir = scratch("cuda");
+    let spec = write(&dir, "tiny.yaml", TINY);
+    let res = dir.join("res");
+    let out = run(&["run", spec.to_str().unwrap(), "--out", res.to_str().unwrap(), "--device", "cuda"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no CUDA device is available"), "{}", text(&out));
+    assert!(!res.exists(), "nothing may run or be written");
+    let spec_cuda = write(&dir, "c.yaml", &TINY.replace("seeds:", "device: cuda\nseeds:"));
+    let out = run(&["validate", spec_cuda.to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("c.yaml: `device`"), "{}", text(&out));
+}
+
+#[test]
+fn bad_specs_name_the_file_the_key_and_what_is_allowed() {
+    let dir = scratch("errors");
+    let typo = write(&dir, "typo.yaml", &TINY.replace("epochs: 6", "epoch: 6"));
+    let out = run(&["validate", typo.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(msg.contains("typo.yaml") && msg.contains("unknown key `epoch`") && msg.contains("epochs"), "{msg}");
+    let paper = write(&dir, "paper.yaml", "paper: grokking\n");
+    let msg = text(&run(&["validate", paper.to_str().unwrap()]));
+    assert!(msg.contains("unknown paper `grokking`") && msg.contains("stablemax_grokking"), "{msg}");
+    let msg = text(&run(&["validate", dir.join("absent.yaml").to_str().unwrap()]));
+    assert!(msg.contains("absent.yaml"), "{msg}");
+    let tiny = write(&dir, "tiny.yaml", TINY);
+    let msg = text(&run(&["run", tiny.to_str().unwrap(), "--shard", "2/2"]));
+    assert!(msg.contains("0 <= I < N"), "{msg}");
+}
+
+#[test]
+fn every_shipped_spec_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut specs = vec![];
+    for dir in [root.clone(), root.join("full")] {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "yaml") {
+                specs.push(p);
+            }
+        }
+    }
+    assert!(specs.len() >= 4, "{specs:?}");
+    for s in &specs {
+        let out = run(&["validate", s.to_str().unwrap(), "--device", "cpu"]);
+        assert!(out.status.success(), "{}: {}", s.display(), text(&out));
+    }
+    // Every registered paper has a CPU spec and a full spec, and `list` shows them.
+    let list = text(&run(&["list"]));
+    for key in ["stablemax_grokking", "sparse_ot"] {
+        assert!(list.contains(&format!("experiments/{key}.yaml")) && list.contains(&format!("experiments/full/{key}.yaml")), "{list}");
+    }
+    let show = run(&["show", "stablemax_grokking"]);
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&String::from_utf8_lossy(&show.stdout)).unwrap();
+    assert_eq!(yaml["eps"].as_f64(), Some(1e-25));
+}
+
+#[test]
+fn a_user_npz_problem_is_solved_and_its_plan_written() {
+    use tch::{Kind, Tensor};
+    let dir = scratch("npz");
+    let a = Tensor::from_slice(&[0.1f64, 0.2, 0.3, 0.25, 0.15]);
+    let b = Tensor::from_slice(&[0.3f64, 0.2, 0.4, 0.1]);
+    let c = Tensor::rand([5, 4], (Kind::Double, tch::Device::Cpu));
+    let npz = dir.join("problem.npz");
+    Tensor::write_npz(&[("a", &a), ("b", &b), ("C", &c)], &npz).unwrap();
+    let spec = write(&dir, "mine.yaml", &format!("paper: sparse_ot\nparams: {{ instance: npz, npz_path: {}, k: 2, gamma: 0.5 }}\n", npz.display()));
+    let out = run(&["-q", "run", spec.to_str().unwrap(), "--out", dir.join("res").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let plan = Tensor::read_npz(dir.join("res/mine/runs/default__s0/plan.npz")).unwrap();
+    let t = &plan.iter().find(|(n, _)| n == "plan").unwrap().1;
+    assert_eq!(t.size(), vec![5, 4]);
+    let cols = t.sum_dim_intlist([0].as_slice(), false, Kind::Double);
+    assert!(f64::try_from((cols - &b).abs().max()).unwrap() < 1e-9, "semi-dual columns carry b exactly");
+    let nnz = t.gt(0.0).sum_dim_intlist([0].as_slice(), false, Kind::Double);
+    assert!(f64::try_from(nnz.max()).unwrap() <= 2.0);
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_interrupts_and_the_next_run_resumes() {
+    let dir = scratch("interrupt");
+    let spec_text = "paper: stablemax_grokking
+params: { modulus: 11, hidden: [16], log_every: 100 }
+variants:
+  - name: quick
+    params: { epochs: 5 }
+  - name: long
+    params: { epochs: 200000 }
+";
+    let spec = write(&dir, "long.yaml", spec_text);
+    let res = dir.join("res");
+    let mut child = bin().args(["-q", "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap(), "--threads", "1"]).spawn().unwrap();
+    let metrics = res.join("long/runs/long__s0/metrics.csv");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(true, |t| t.lines().count() < 20) {
+        assert!(t0.elapsed().as_secs() < 60, "the run never started logging");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let status_of = |id: &str| read_csv(&res.join("long/runs").join(id).join("summary.csv")).1[0][4].clone();
+    assert_eq!(status_of("quick__s0"), "ok");
+    assert_eq!(status_of("long__s0"), "interrupted");
+    let logged = std::fs::read_to_string(&metrics).unwrap();
+    assert!(logged.lines().count() >= 20, "what was logged before Ctrl-C is kept");
+    // The next run skips the finished run and starts the unfinished one again (made short here).
+    write(&dir, "long.yaml", &spec_text.replace("epochs: 200000", "epochs: 3"));
+    let out = run(&["run", spec.to_str().unwrap(), "--out", res.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("1 of 2 runs already finished"), "{}", text(&out));
+    assert_eq!(status_of("long__s0"), "ok");
+}
