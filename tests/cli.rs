@@ -219,7 +219,7 @@ variants:
     params: { method: sinkhorn }
 ";
     let good = write(&dir, "good.yaml", &format!("{base}claims:\n  - {{ metric: max_nnz_col, variant: sparse, at_most: 2 }}\n  - {{ metric: mean_nnz_col, higher: sinkhorn, than: sparse }}\n"));
-    let bad = write(&dir, "bad.yaml", &format!("{base}claims:\n  - {{ metric: max_nnz_col, variant: sparse, at_most: 1 }}\n"));
+    let bad = write(&dir, "bad.yaml", &format!("{base}claims:\n  - {{ metric: max_nnz_col, variant: sparse, at_most: 2 }}\n  - {{ metric: mean_nnz_col, higher: sparse, than: sinkhorn }}\n"));
     let res = dir.join("res");
     for spec in [&good, &bad] {
         assert!(run(&["-q", "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap()]).status.success());

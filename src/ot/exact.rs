@@ -130,7 +130,7 @@ mod tests {
         let a = Tensor::from_slice(&[0.25f64; 4]);
         let b = Tensor::from_slice(&[0.5f64; 2]);
         let c = Tensor::from_slice(&[0.0f64, 1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.2]).view([4, 2]);
-        assert!((exact_cost_uniform(&a, &b, &c).unwrap() - 0.0).abs() < 1e-12);
+        assert!((exact_cost_uniform(&a, &b, &c).unwrap() - 0.2 / 4.0).abs() < 1e-12);
         let c2 = Tensor::from_slice(&[0.0f64, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.2]).view([4, 2]);
         assert!((exact_cost_uniform(&a, &b, &c2).unwrap() - 1.2 / 4.0).abs() < 1e-12);
         assert!(exact_cost_uniform(&Tensor::from_slice(&[0.2f64, 0.8]), &b, &c.narrow(0, 0, 2)).is_none());

@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn euler_identity_for_the_bias_free_mlp() {
         tch::manual_seed(3);
-        let vs = nn::VarStore::new(Device::Cpu);
+        let mut vs = nn::VarStore::new(Device::Cpu);
         let model = Mlp::new(&vs.root(), &[10, 16, 16, 5], false);
         vs.double();
         let x = Tensor::randn([8, 10], (Kind::Double, Device::Cpu));
