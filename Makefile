@@ -40,7 +40,7 @@ build: $(TORCH_READY)
 
 demo: build
 	@start=$$(date +%s); \
-	$(REGLAB) run experiments/stablemax_grokking.yaml --out $(RESULTS) $(ARGS); rc=$$?; \
+	$(REGLAB) run experiments/stablemax_grokking.yaml --out $(RESULTS) --jobs 2 $(ARGS); rc=$$?; \
 	echo ">> demo wall time: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 test: $(TORCH_READY)

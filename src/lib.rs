@@ -13,6 +13,7 @@ pub mod ot;
 pub mod papers;
 pub mod params;
 pub mod provenance;
+pub mod reduce;
 pub mod report;
 pub mod runner;
 pub mod spec;

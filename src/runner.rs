@@ -50,10 +50,12 @@ pub fn config_text(config: &Value) -> String {
     serde_yaml::to_string(config).expect("a config serializes")
 }
 
-/// True when the run finished `ok` with exactly this resolved config.
+/// True when the run has its result with exactly this resolved config: status `ok`, or
+/// `diverged` (a deterministic outcome that a rerun would only repeat). `failed` and
+/// `interrupted` runs start again.
 pub fn is_finished(dir: &Path, config: &Value) -> bool {
     let same_config = std::fs::read_to_string(dir.join("config.yaml")).is_ok_and(|t| t == config_text(config));
-    same_config && read_summary(dir).is_ok_and(|row| row.get("status").map(String::as_str) == Some("ok"))
+    same_config && read_summary(dir).is_ok_and(|row| matches!(row.get("status").map(String::as_str), Some("ok" | "diverged")))
 }
 
 /// Reads a run's one-row `summary.csv` as column → value.
@@ -197,7 +199,7 @@ pub fn run_all(plans: &[RunPlan], exp_dir: &Path, settings: &RunSettings, force:
     }
     if outcome.skipped > 0 {
         eprintln!(
-            "{}: {} of {} runs already finished with the same config, skipped (--force reruns them)",
+            "{}: {} of {} runs already finished (ok or diverged) with the same config, skipped (--force reruns them)",
             exp_dir.display(),
             outcome.skipped,
             plans.len()
@@ -229,6 +231,8 @@ pub fn run_all(plans: &[RunPlan], exp_dir: &Path, settings: &RunSettings, force:
             record(&id, status, &mut outcome);
         }
     }
+    // Ctrl-C between runs leaves runs unstarted: still an interruption.
+    outcome.interrupted |= context::cancel_requested();
     Ok(outcome)
 }
 

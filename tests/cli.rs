@@ -153,6 +153,33 @@ fn shards_union_to_the_whole_and_jobs_match_byte_for_byte() {
 }
 
 #[test]
+fn thread_count_does_not_change_the_numbers() {
+    // Large enough that BLAS and ATen kernels would split work between threads; ⊥Grad's
+    // projection feeds every reduction back into training.
+    let dir = scratch("threads");
+    let spec = write(
+        &dir,
+        "mid.yaml",
+        "paper: stablemax_grokking
+params: { modulus: 61, hidden: [128, 128], epochs: 12, log_every: 3 }
+variants:
+  - name: perp
+    params: { orthograd: true }
+  - name: stablemax
+    params: { loss: stablemax_ce }
+",
+    );
+    let one = dir.join("t1");
+    let two = dir.join("t2");
+    assert!(run(&["-q", "run", spec.to_str().unwrap(), "--out", one.to_str().unwrap(), "--threads", "1"]).status.success());
+    assert!(run(&["-q", "run", spec.to_str().unwrap(), "--out", two.to_str().unwrap(), "--threads", "2"]).status.success());
+    for id in ["perp__s0", "stablemax__s0"] {
+        let m = |root: &Path| std::fs::read_to_string(root.join("mid/runs").join(id).join("metrics.csv")).unwrap();
+        assert_eq!(m(&one), m(&two), "{id}");
+    }
+}
+
+#[test]
 fn a_diverging_run_is_diverged_and_a_failing_one_failed_while_siblings_finish() {
     let dir = scratch("diverge");
     let spec = write(
@@ -180,6 +207,9 @@ variants:
         assert!(bad["step"].parse::<u64>().unwrap() >= 1 && bad["message"].contains("became"), "{bad:?}");
         let table = std::fs::read_to_string(res.join("bad/table.md")).unwrap();
         assert!(table.contains("1 diverged (step"), "{table}");
+        // A diverged run is a result: the next `run` does not repeat it.
+        let again = run(&["run", spec.to_str().unwrap(), "--out", res.to_str().unwrap(), "--jobs", jobs]);
+        assert!(text(&again).contains("nothing to do"), "{}", text(&again));
     }
 
     let ot = write(

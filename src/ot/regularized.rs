@@ -13,6 +13,8 @@
 
 use tch::{Kind, Tensor};
 
+use crate::reduce::dot;
+
 /// Ω's parameters: strength γ and the optional nonzero budget per column.
 #[derive(Debug, Clone, Copy)]
 pub struct Regularizer {
@@ -55,7 +57,7 @@ pub fn semi_dual(alpha: &Tensor, a: &Tensor, b: &Tensor, c: &Tensor, reg: Regula
     let g = sparse_simplex_projection(&(&x / (b.unsqueeze(0) * reg.gamma)), reg.k_for(m));
     let val = (&x * &g).sum_dim_intlist([0].as_slice(), false, Kind::Double)
         - 0.5 * reg.gamma * b * g.square().sum_dim_intlist([0].as_slice(), false, Kind::Double);
-    let obj = alpha.dot(a) - b.dot(&val);
+    let obj = dot(alpha, a) - dot(b, &val);
     let grad = a - g.matmul(b);
     let plan = g * b.unsqueeze(0);
     (f64::try_from(obj).expect("scalar"), grad, plan)
@@ -68,7 +70,7 @@ pub fn dual(alpha: &Tensor, beta: &Tensor, a: &Tensor, b: &Tensor, c: &Tensor, r
     let kept = x.clamp_min(0.0) * top_k_mask(&x, reg.k_for(m));
     let val = kept.square().sum(Kind::Double) / (2.0 * reg.gamma);
     let g = kept / reg.gamma;
-    let obj = alpha.dot(a) + beta.dot(b) - val;
+    let obj = dot(alpha, a) + dot(beta, b) - val;
     let grad_alpha = a - g.sum_dim_intlist([1].as_slice(), false, Kind::Double);
     let grad_beta = b - g.sum_dim_intlist([0].as_slice(), false, Kind::Double);
     (f64::try_from(obj).expect("scalar"), grad_alpha, grad_beta, g)

@@ -32,7 +32,7 @@ pub struct LbfgsResult {
 }
 
 fn dot(a: &Tensor, b: &Tensor) -> f64 {
-    f64::try_from(a.dot(b)).expect("scalar")
+    f64::try_from(crate::reduce::dot(a, b)).expect("scalar")
 }
 
 fn inf_norm(a: &Tensor) -> f64 {

@@ -9,6 +9,8 @@
 
 use tch::{Kind, Tensor};
 
+use crate::reduce::{dot, norm};
+
 const EPS: f64 = 1e-30;
 
 /// Replaces each parameter's gradient by its ⊥Grad projection (in place).
@@ -21,9 +23,9 @@ pub fn project_gradients(params: &[Tensor]) {
             }
             let wf = w.flatten(0, -1);
             let gf = g.flatten(0, -1);
-            let proj = wf.dot(&gf) / (wf.dot(&wf) + EPS);
+            let proj = dot(&wf, &gf) / (dot(&wf, &wf) + EPS);
             let g_perp = &gf - &proj * &wf;
-            let scale = gf.norm() / (g_perp.norm() + EPS);
+            let scale = norm(&gf) / (norm(&g_perp) + EPS);
             let new = (g_perp * scale).view_as(&g);
             g.copy_(&new);
         }
@@ -33,7 +35,7 @@ pub fn project_gradients(params: &[Tensor]) {
 /// cos(−∇L, θ) over all parameters: how much the update direction is pure weight scaling.
 pub fn cosine_neg_grad_weights(params: &[Tensor]) -> f64 {
     tch::no_grad(|| {
-        let mut dot = 0.0;
+        let mut wg = 0.0;
         let mut gg = 0.0;
         let mut ww = 0.0;
         for w in params {
@@ -42,11 +44,11 @@ pub fn cosine_neg_grad_weights(params: &[Tensor]) -> f64 {
                 continue;
             }
             let (wf, gf) = (w.to_kind(Kind::Double).flatten(0, -1), g.to_kind(Kind::Double).flatten(0, -1));
-            dot += f64::try_from(wf.dot(&gf)).unwrap_or(f64::NAN);
-            gg += f64::try_from(gf.dot(&gf)).unwrap_or(f64::NAN);
-            ww += f64::try_from(wf.dot(&wf)).unwrap_or(f64::NAN);
+            wg += f64::try_from(dot(&wf, &gf)).unwrap_or(f64::NAN);
+            gg += f64::try_from(dot(&gf, &gf)).unwrap_or(f64::NAN);
+            ww += f64::try_from(dot(&wf, &wf)).unwrap_or(f64::NAN);
         }
-        -dot / (gg.sqrt() * ww.sqrt() + EPS)
+        -wg / (gg.sqrt() * ww.sqrt() + EPS)
     })
 }
 
