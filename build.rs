@@ -3,6 +3,7 @@
 //! so that `tch::Cuda::is_available()` is true on a machine with a GPU. Without the
 //! `--no-as-needed` the linker drops libtorch_cuda and CUDA is silently never used.
 fn main() {
+    git_state();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:rustc-env=REGLAB_LIBTORCH_VERSION=unknown");
@@ -36,4 +37,27 @@ fn libtorch_version(lib: &str) -> String {
         return text.trim().to_string();
     }
     "unknown".to_string()
+}
+
+/// The commit the binary is built from and whether the tree had changes, for `run.json`: the
+/// code that ran is the code that was compiled, whatever the checkout looks like later.
+fn git_state() {
+    for path in ["src", "Cargo.toml", "Cargo.lock", "build.rs", ".git/HEAD", ".git/index", ".git/refs"] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(s) => (!s.is_empty()).to_string(),
+        None => "unknown".into(),
+    };
+    println!("cargo:rustc-env=REGLAB_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=REGLAB_GIT_DIRTY={dirty}");
 }

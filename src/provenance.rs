@@ -27,20 +27,15 @@ pub struct RunInfo {
     pub wall_s: f64,
 }
 
-/// The git commit of the source tree the binary was built from, and whether it had changes.
+/// The git commit the binary was built from and whether the tree had uncommitted changes
+/// then (recorded by build.rs; `None` when git could not tell).
 pub fn git_state() -> (String, Option<bool>) {
-    let dir = env!("CARGO_MANIFEST_DIR");
-    let run = |args: &[&str]| -> Option<String> {
-        let out = Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let dirty = match env!("REGLAB_GIT_DIRTY") {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
     };
-    match run(&["rev-parse", "HEAD"]) {
-        Some(commit) => {
-            let dirty = run(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty());
-            (commit, dirty)
-        }
-        None => ("unknown (not built from a git checkout)".to_string(), None),
-    }
+    (env!("REGLAB_GIT_COMMIT").to_string(), dirty)
 }
 
 pub fn libtorch_version() -> &'static str {

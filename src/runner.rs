@@ -130,7 +130,7 @@ pub fn execute(plan: &RunPlan, dir: &Path, settings: &RunSettings) -> Result<Sta
         git_dirty,
         reglab_version: env!("CARGO_PKG_VERSION"),
         libtorch_version: provenance::libtorch_version(),
-        device: format!("{:?}", settings.device).to_lowercase(),
+        device: crate::device::name(settings.device),
         device_name: provenance::device_name(settings.device),
         torch_threads: tch::get_num_threads(),
         host: provenance::host(),

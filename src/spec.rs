@@ -109,12 +109,6 @@ pub struct LoadedSpec {
     pub entry: Entry,
 }
 
-impl std::fmt::Debug for Entry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Entry({})", self.key)
-    }
-}
-
 /// Reads and validates a spec file (schema, paper key, claims); does not expand it.
 pub fn load(path: &Path) -> Result<LoadedSpec> {
     let text = std::fs::read_to_string(path)

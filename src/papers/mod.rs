@@ -45,6 +45,12 @@ pub struct Entry {
     pub run: fn(&Value, &mut RunCtx) -> Result<()>,
 }
 
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Entry({})", self.key)
+    }
+}
+
 fn defaults_of<P: Paper>() -> Value {
     params::to_value(&P::Config::default())
 }
