@@ -112,6 +112,8 @@ pub struct RunCtx {
     pub device: Device,
     pub seed: u64,
     pub run_id: String,
+    /// Where datasets live (`--data-dir`, `$REGLAB_DATA`, or `data/`).
+    pub data_dir: PathBuf,
     dir: PathBuf,
     metrics: csv::Writer<File>,
     last: BTreeMap<String, f64>,
@@ -125,7 +127,7 @@ pub struct RunCtx {
 
 impl RunCtx {
     /// Opens `dir/metrics.csv` afresh and seeds torch and the Rust RNG from `seed`.
-    pub fn new(dir: &Path, run_id: &str, seed: u64, device: Device, progress: ProgressMode) -> Result<Self> {
+    pub fn new(dir: &Path, run_id: &str, seed: u64, device: Device, progress: ProgressMode, data_dir: &Path) -> Result<Self> {
         let path = dir.join("metrics.csv");
         let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
         let mut metrics = csv::Writer::from_writer(file);
@@ -136,6 +138,7 @@ impl RunCtx {
             device,
             seed,
             run_id: run_id.to_string(),
+            data_dir: data_dir.to_path_buf(),
             dir: dir.to_path_buf(),
             metrics,
             last: BTreeMap::new(),
@@ -279,7 +282,7 @@ mod tests {
     fn non_finite_metric_is_a_divergence_with_its_step() {
         let dir = std::env::temp_dir().join(format!("reglab-ctx-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut ctx = RunCtx::new(&dir, "t", 0, Device::Cpu, ProgressMode::Quiet).unwrap();
+        let mut ctx = RunCtx::new(&dir, "t", 0, Device::Cpu, ProgressMode::Quiet, &dir).unwrap();
         ctx.log_all(1, &[("loss", 1.0)]).unwrap();
         let err = ctx.log_all(2, &[("loss", f64::NAN)]).unwrap_err();
         let d = err.downcast_ref::<Diverged>().expect("a Diverged error");

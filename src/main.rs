@@ -10,6 +10,7 @@ use reglab::context::{self, ProgressMode};
 use reglab::report::{self, Experiment};
 use reglab::runner::{self, RunSettings, Status};
 use reglab::spec::{self, LoadedSpec, RunPlan};
+use reglab::data::{catalog, store};
 use reglab::{device, papers, params};
 
 #[derive(Parser)]
@@ -21,6 +22,9 @@ struct Cli {
     /// More detail (-v info, -vv debug); RUST_LOG also works.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Where datasets live (default: $REGLAB_DATA, else data/ in the checkout).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,6 +48,9 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Datasets: what is present, and getting them.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// (internal) Run one prepared run directory; used by `run --jobs N`.
     #[command(hide = true)]
     RunOne {
@@ -54,6 +61,20 @@ enum Command {
         threads: i32,
         #[arg(long)]
         plain_progress: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Every dataset: present or not, where, its size, and how to get it.
+    List,
+    /// Download a dataset (or copy it from a folder with --from), verify every file's SHA-256,
+    /// and only then move it into the data directory.
+    Fetch {
+        name: String,
+        /// Take the files from this folder instead of downloading them.
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
     },
 }
 
@@ -118,8 +139,11 @@ fn init_tracing(quiet: bool, verbose: u8) {
 }
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let data_dir = store::data_dir(cli.data_dir.as_deref());
     match cli.command {
-        Command::Run(args) => cmd_run(args, cli.quiet),
+        Command::Run(args) => cmd_run(args, cli.quiet, &data_dir),
+        Command::Data(DataCommand::List) => cmd_data_list(&data_dir),
+        Command::Data(DataCommand::Fetch { name, from }) => cmd_data_fetch(&data_dir, &name, from.as_deref(), cli.quiet),
         Command::Validate(args) => cmd_validate(args),
         Command::List => cmd_list(),
         Command::Show { key } => cmd_show(&key),
@@ -134,7 +158,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 ProgressMode::detect(false)
             };
             let dev = device::resolve(&device, "--device")?;
-            let settings = RunSettings { device: dev, device_arg: device, threads, jobs: 1, progress };
+            let settings = RunSettings { device: dev, device_arg: device, threads, jobs: 1, progress, data_dir };
             Ok(match runner::run_one(&dir, &settings)? {
                 Status::Interrupted => ExitCode::from(130),
                 _ => ExitCode::SUCCESS,
@@ -198,12 +222,15 @@ fn install_ctrl_c() {
     });
 }
 
-fn cmd_run(args: RunArgs, quiet: bool) -> Result<ExitCode> {
+fn cmd_run(args: RunArgs, quiet: bool, data_dir: &Path) -> Result<ExitCode> {
     if args.jobs == 0 {
         bail!("--jobs must be at least 1");
     }
     let shard = args.shard.as_deref().map(spec::parse_shard).transpose()?;
     let prepared = prepare(&args.expand)?;
+    for p in &prepared {
+        runner::check_data(&p.runs, data_dir).map_err(|e| anyhow::anyhow!("{}: {e}", p.spec.path.display()))?;
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let threads = match args.threads {
         Some(t) if t >= 1 => t,
@@ -242,7 +269,14 @@ fn cmd_run(args: RunArgs, quiet: bool) -> Result<ExitCode> {
                 if args.jobs > 1 { format!(", {} at once", args.jobs) } else { String::new() }
             );
         }
-        let settings = RunSettings { device: p.device, device_arg: p.device_arg.clone(), threads, jobs: args.jobs, progress };
+        let settings = RunSettings {
+            device: p.device,
+            device_arg: p.device_arg.clone(),
+            threads,
+            jobs: args.jobs,
+            progress,
+            data_dir: data_dir.to_path_buf(),
+        };
         let outcome = runner::run_all(&runs, &exp_dir, &settings, args.force)?;
         failed.extend(outcome.failed.iter().map(|id| format!("{}/runs/{id}", exp_dir.display())));
         interrupted |= outcome.interrupted;
@@ -327,5 +361,53 @@ fn cmd_show(key: &str) -> Result<ExitCode> {
     println!("# {} — {} (arXiv {})", e.key, e.title, e.arxiv);
     println!("# The Config with its defaults; paste under `params:` in a spec and edit.");
     print!("{}", serde_yaml::to_string(&(e.defaults)())?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_data_list(data_dir: &Path) -> Result<ExitCode> {
+    println!("data directory: {}", data_dir.display());
+    println!("{:<16} {:<8} {:>10}  {:>9}  where / how to get it", "dataset", "present", "size", "load");
+    for info in catalog::ALL {
+        match store::present_set(data_dir, info) {
+            Some(set) => {
+                let mb = store::set_size(data_dir, info, set) as f64 / 1e6;
+                let clock = std::time::Instant::now();
+                let loaded = if info.name == "movielens_100k" {
+                    reglab::data::load_ratings(data_dir).map(|r| format!("{} ratings", r.ratings.size()[0]))
+                } else {
+                    reglab::data::sources::load_named(info.name, data_dir).map(|r| {
+                        let test = r.test.as_ref().map_or(0, |(_, y)| y.size()[0]);
+                        format!("{}+{} samples", r.train_y.size()[0], test)
+                    })
+                };
+                let load = match &loaded {
+                    Ok(_) => format!("{:.2} s", clock.elapsed().as_secs_f64()),
+                    Err(_) => "error".into(),
+                };
+                let what = loaded.unwrap_or_else(|e| format!("cannot load: {e:#}"));
+                println!("{:<16} {:<8} {:>8.1} MB  {:>9}  {} ({what})", info.name, "yes", mb, load, data_dir.join(info.name).display());
+            }
+            None => println!("{:<16} {:<8} {:>10}  {:>9}  {}", info.name, "no", "-", "-", info.offline),
+        }
+    }
+    println!("{:<16} {:<8} {:>10}  {:>9}  your own table: `data: {{ name: csv, path: FILE, label_column: NAME|INDEX }}`", "csv", "-", "-", "-");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_data_fetch(data_dir: &Path, name: &str, from: Option<&Path>, quiet: bool) -> Result<ExitCode> {
+    let info = catalog::find(name)?;
+    if info.bundled && from.is_none() {
+        println!("`{name}` ships with reglab in {}; nothing to fetch", data_dir.join(name).display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let origin = match from {
+        Some(dir) => store::Origin::Folder(dir),
+        None => store::Origin::Url(store::base_url(info)),
+    };
+    let done = store::install(data_dir, info, &origin, !quiet)?;
+    for (file, bytes) in &done {
+        println!("{name}: {file} ({bytes} bytes, sha256 verified)");
+    }
+    println!("{name}: installed in {}", data_dir.join(name).display());
     Ok(ExitCode::SUCCESS)
 }

@@ -76,6 +76,7 @@ pub struct RunSettings {
     pub threads: i32,
     pub jobs: usize,
     pub progress: ProgressMode,
+    pub data_dir: PathBuf,
 }
 
 /// Runs one planned run in this process and writes all its files. Never returns an error for a
@@ -88,7 +89,7 @@ pub fn execute(plan: &RunPlan, dir: &Path, settings: &RunSettings) -> Result<Sta
     let entry = papers::find(&plan.paper)?;
     let started_at = provenance::now_rfc3339();
     let clock = Instant::now();
-    let mut ctx = RunCtx::new(dir, &plan.id, plan.seed, settings.device, settings.progress)?;
+    let mut ctx = RunCtx::new(dir, &plan.id, plan.seed, settings.device, settings.progress, &settings.data_dir)?;
     tracing::info!(run = %plan.id, "start");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (entry.run)(&plan.config, &mut ctx)));
     let _ = ctx.finish();
@@ -253,6 +254,8 @@ fn run_children(todo: &[RunPlan], exp_dir: &Path, settings: &RunSettings) -> Res
             cmd.arg("run-one")
                 .arg(&dir)
                 .args(["--device", &settings.device_arg, "--threads", &settings.threads.to_string()])
+                .arg("--data-dir")
+                .arg(&settings.data_dir)
                 .stdin(Stdio::null());
             if settings.progress == ProgressMode::Quiet {
                 cmd.arg("-q");
@@ -291,6 +294,33 @@ fn run_children(todo: &[RunPlan], exp_dir: &Path, settings: &RunSettings) -> Res
         }
     }
     Ok(done)
+}
+
+/// Checks, before anything runs, that every dataset a run's `data:` block names is in the data
+/// directory (or, for `csv`, that its file exists); the error says how to get it.
+pub fn check_data(plans: &[RunPlan], data_dir: &Path) -> Result<()> {
+    let mut checked = std::collections::BTreeSet::new();
+    for plan in plans {
+        let Some(block) = plan.config.get("data").filter(|v| v.is_mapping()) else { continue };
+        let cfg: crate::data::DataConfig = serde_yaml::from_value(block.clone()).with_context(|| format!("run {}: `data`", plan.id))?;
+        if !checked.insert(serde_yaml::to_string(&(&cfg.name, &cfg.path)).unwrap_or_default()) {
+            continue;
+        }
+        match cfg.needs_files() {
+            Some(name) => {
+                let info = crate::data::catalog::find(name)?;
+                if crate::data::store::present_set(data_dir, info).is_none() {
+                    bail!("run {} needs data: {}", plan.id, crate::data::store::missing_message(data_dir, info));
+                }
+            }
+            None => {
+                if !Path::new(&cfg.path).is_file() {
+                    bail!("run {}: `data.path`: the CSV file `{}` does not exist", plan.id, cfg.path);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The `run-one` child: reads `plan.json` and `config.yaml` from `dir` and runs it.
