@@ -23,7 +23,7 @@ CARGO   ?= cargo
 REGLAB  := target/release/reglab
 SPECS   := $(wildcard experiments/*.yaml)
 
-.PHONY: all build demo test run sweep tables bench clean torch env $(SPECS:%=sweep-%)
+.PHONY: all build demo test run sweep tables bench clean torch env data $(SPECS:%=sweep-%)
 
 all: build
 
@@ -59,6 +59,27 @@ tables: build
 
 bench: build
 	$(TORCH_VENV)/bin/python bench/stablemax_bench.py --reglab $(REGLAB)
+
+# Datasets the package registries carry, verified by checksum into data/ (or DATA_DIR):
+# Fashion-MNIST from Debian's dataset-fashion-mnist, MovieLens-100k from the recbole wheel.
+# digits ships in the repository; mnist and cifar10 need `reglab data fetch NAME` and internet.
+DATA_DIR ?= data
+FMNIST_DEB_DIR := /usr/share/datasets/fashion-mnist
+RECBOLE := recbole==1.2.1
+data: build
+	@if [ ! -f $(FMNIST_DEB_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    echo ">> apt-get install dataset-fashion-mnist"; \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else echo ">> no apt-get here: get Fashion-MNIST with 'reglab data fetch fashion_mnist'"; fi; \
+	fi
+	@if [ -f $(FMNIST_DEB_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  $(REGLAB) --data-dir $(DATA_DIR) data fetch fashion_mnist --from $(FMNIST_DEB_DIR); fi
+	@tmp=$$(mktemp -d) && \
+	  $(PYTHON) -m pip download --quiet --no-deps --disable-pip-version-check -d $$tmp $(RECBOLE) && \
+	  $(PYTHON) -c "import sys, zipfile, glob; z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/recbole-*.whl')[0]); open(sys.argv[1] + '/ml-100k.inter', 'wb').write(z.read('recbole/dataset_example/ml-100k/ml-100k.inter'))" $$tmp && \
+	  $(REGLAB) --data-dir $(DATA_DIR) data fetch movielens_100k --from $$tmp; rc=$$?; rm -rf $$tmp; exit $$rc
+	$(REGLAB) --data-dir $(DATA_DIR) data list
 
 # The two lines to export so that plain `cargo run -- run ...` works.
 env:

@@ -402,3 +402,80 @@ variants:
     assert!(text(&out).contains("1 of 2 runs already finished"), "{}", text(&out));
     assert_eq!(status_of("long__s0"), "ok");
 }
+
+/// Answers every request with `body` (one thread, bounded request count).
+fn serve_garbage(body: &'static [u8], requests: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let mut stream = stream.unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body);
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn data_fetch_checks_sums_and_runs_need_their_data() {
+    let dir = scratch("data");
+    let data = dir.join("data");
+    // A mirror serving the wrong bytes: an error, and nothing in the data directory.
+    let url = serve_garbage(b"not mnist", 8);
+    let out = bin().args(["--data-dir", data.to_str().unwrap(), "data", "fetch", "mnist"]).env("REGLAB_DATA_URL", &url).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("checksum mismatch") && text(&out).contains("nothing was kept"), "{}", text(&out));
+    let left: Vec<_> = std::fs::read_dir(&data).map(|r| r.map(|e| e.unwrap().file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    // Copying from a folder goes through the same verification.
+    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits");
+    let out = run(&["--data-dir", data.to_str().unwrap(), "data", "fetch", "digits", "--from", bundled.to_str().unwrap()]);
+    assert!(out.status.success() && text(&out).contains("sha256 verified"), "{}", text(&out));
+    let list = text(&run(&["--data-dir", data.to_str().unwrap(), "data", "list"]));
+    assert!(list.contains("digits") && list.contains("1797+0 samples") && list.contains("fashion_mnist    no"), "{list}");
+    // A spec needing a dataset that is not there fails before any run, naming the command.
+    let spec = write(&dir, "fm.yaml", "paper: sparse_ot\nparams: { instance: data, m: 5, n: 5, k: 2, data: { name: fashion_mnist, classes: [0, 1], flatten: true } }\n");
+    let res = dir.join("res");
+    let out = run(&["--data-dir", data.to_str().unwrap(), "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("reglab data fetch fashion_mnist") && text(&out).contains("fm.yaml"), "{}", text(&out));
+    assert!(!res.exists(), "nothing ran");
+    // A user's CSV through the shared data block.
+    let mut csv = String::from("f1,f2,f3,label\n");
+    for i in 0..40 {
+        csv.push_str(&format!("{},{},{},{}\n", i % 7, (i * 3) % 5, i % 2, i % 2));
+    }
+    let table = write(&dir, "mine.csv", &csv);
+    let spec = write(&dir, "csv.yaml", &format!("paper: sparse_ot\nparams: {{ instance: data, m: 8, n: 8, k: 2, data: {{ name: csv, path: {}, label_column: label, classes: [0, 1], test_fraction: 0.25 }} }}\n", table.display()));
+    let out = run(&["-q", "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (h, rows) = read_csv(&res.join("csv/runs/default__s0/summary.csv"));
+    let row: BTreeMap<_, _> = h.into_iter().zip(rows[0].clone()).collect();
+    assert_eq!(row["status"], "ok");
+    assert!(row["max_nnz_col"].parse::<f64>().unwrap() <= 2.0);
+}
+
+#[test]
+fn real_fashion_mnist_counts_and_balance() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    let dir = std::env::var_os("REGLAB_DATA").map(PathBuf::from).unwrap_or(data);
+    let info = reglab::data::catalog::find("fashion_mnist").unwrap();
+    if reglab::data::store::present_set(&dir, info).is_none() {
+        eprintln!("skipped: Fashion-MNIST is not in {} (run `make data`)", dir.display());
+        return;
+    }
+    let raw = reglab::data::sources::load_named("fashion_mnist", &dir).unwrap();
+    assert_eq!(raw.train_x.size(), vec![60000, 1, 28, 28]);
+    let (tx, ty) = raw.test.as_ref().unwrap();
+    assert_eq!(tx.size(), vec![10000, 1, 28, 28]);
+    for (y, per_class) in [(&raw.train_y, 6000), (ty, 1000)] {
+        let counts = Vec::<i64>::try_from(y.bincount(None::<tch::Tensor>, 10)).unwrap();
+        assert_eq!(counts, vec![per_class; 10]);
+    }
+    assert_eq!(f64::try_from(raw.train_x.max()).unwrap(), 255.0);
+}

@@ -181,9 +181,72 @@ fn download(url: &str, to: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
 
     #[test]
     fn sha256_of_known_input() {
         assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    /// Serves `files` (path → body) on 127.0.0.1 for `requests` requests; 404 for others.
+    fn serve(files: Vec<(String, Vec<u8>)>, requests: usize) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(requests) {
+                let mut stream = stream.unwrap();
+                let mut line = String::new();
+                BufReader::new(&stream).read_line(&mut line).unwrap();
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let reply = match files.iter().find(|(p, _)| *p == path) {
+                    Some((_, body)) => [format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes(), body.clone()].concat(),
+                    None => b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+                };
+                let _ = stream.write_all(&reply);
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn info(files: Vec<DataFile>) -> DatasetInfo {
+        let set: &'static [DataFile] = Box::leak(files.into_boxed_slice());
+        let sets: &'static [&'static [DataFile]] = Box::leak(vec![set].into_boxed_slice());
+        DatasetInfo { name: "toy", what: "", licence: "", base_url: "", file_sets: sets, offline: "", bundled: false }
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir).map(|r| r.map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn fetch_verifies_then_moves_and_a_bad_checksum_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!("reglab-fetch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (a, b) = (b"first file".to_vec(), b"second file".to_vec());
+        let good = info(vec![
+            DataFile { name: "a.bin", sha256: Box::leak(sha256_hex(&a).into_boxed_str()) },
+            DataFile { name: "b.bin", sha256: Box::leak(sha256_hex(&b).into_boxed_str()) },
+        ]);
+        let base = serve(vec![("/toy/a.bin".into(), a.clone()), ("/toy/b.bin".into(), b.clone())], 2);
+        let done = install(&dir, &good, &Origin::Url(format!("{base}/toy/")), false).unwrap();
+        assert_eq!(done, vec![("a.bin".to_string(), 10), ("b.bin".to_string(), 11)]);
+        assert_eq!(std::fs::read(dir.join("toy/b.bin")).unwrap(), b);
+        assert!(present_set(&dir, &good).is_some());
+        assert_eq!(leftovers(&dir), vec!["toy"], "no temp folder left");
+
+        // The second file is corrupt: neither file may be kept.
+        let other = dir.join("other");
+        let base = serve(vec![("/toy/a.bin".into(), a.clone()), ("/toy/b.bin".into(), b"tampered".to_vec())], 2);
+        let msg = install(&other, &good, &Origin::Url(format!("{base}/toy/")), false).unwrap_err().to_string();
+        assert!(msg.contains("checksum mismatch") && msg.contains("b.bin") && msg.contains("nothing was kept"), "{msg}");
+        assert!(leftovers(&other).is_empty(), "{:?}", leftovers(&other));
+
+        // A missing file (404) is an error that also leaves nothing.
+        let base = serve(vec![("/toy/a.bin".into(), a)], 2);
+        let msg = format!("{:#}", install(&other, &good, &Origin::Url(format!("{base}/toy/")), false).unwrap_err());
+        assert!(msg.contains("b.bin") && msg.contains("404"), "{msg}");
+        assert!(leftovers(&other).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

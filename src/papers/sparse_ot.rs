@@ -25,6 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::context::{Rng, RunCtx};
 use crate::data::npz::read_f64_arrays;
+use crate::data::DataConfig;
 use crate::ot::exact::exact_cost_uniform;
 use crate::ot::regularized::{dual, semi_dual, Regularizer};
 use crate::ot::sinkhorn::sinkhorn_log;
@@ -42,6 +43,10 @@ pub enum Instance {
     Moe,
     /// A user's problem from `npz_path` (arrays a, b, C).
     Npz,
+    /// Two classes of a real dataset through the shared `data:` block: the first m training
+    /// samples of its class 0 (sources) against the first n of class 1 (targets), uniform
+    /// weights, squared Euclidean cost.
+    Data,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +63,8 @@ pub struct Config {
     pub instance: Instance,
     /// For `instance: npz`: a .npz with float64 arrays a (m), b (n), C (m × n).
     pub npz_path: String,
+    /// For `instance: data`: the dataset and the two classes (`classes: [a, b]`).
+    pub data: DataConfig,
     /// Sources (generated instances).
     pub m: i64,
     /// Targets (generated instances; `square` uses m).
@@ -81,6 +88,7 @@ impl Default for Config {
         Config {
             instance: Instance::Square,
             npz_path: String::new(),
+            data: DataConfig { classes: vec![3, 8], flatten: true, ..DataConfig::default() },
             m: 50,
             n: 50,
             normalize_cost: true,
@@ -138,6 +146,20 @@ fn problem(cfg: &Config, ctx: &mut RunCtx) -> Result<(Tensor, Tensor, Tensor)> {
             }).collect();
             (uniform(cfg.m), uniform(cfg.n), sq_dist_cost(&tokens, &experts, device))
         }
+        Instance::Data => {
+            let data = cfg.data.load(&ctx.data_dir, ctx.seed, device)?;
+            let x = data.train.x.flatten(1, -1).to_kind(Kind::Double);
+            let pick = |class: i64, count: i64| -> Result<Tensor> {
+                let idx = data.train.y.eq(class).nonzero().squeeze_dim(1);
+                if idx.size()[0] < count {
+                    bail!("`data`: class {class} has {} training samples, fewer than the {count} asked for", idx.size()[0]);
+                }
+                Ok(x.index_select(0, &idx.narrow(0, 0, count)))
+            };
+            let (src, dst) = (pick(0, cfg.m)?, pick(1, cfg.n)?);
+            let c = (src.unsqueeze(1) - dst.unsqueeze(0)).square().sum_dim_intlist([2].as_slice(), false, Kind::Double);
+            (uniform(cfg.m), uniform(cfg.n), c)
+        }
         Instance::Npz => {
             let path = PathBuf::from(&cfg.npz_path);
             let arrays = read_f64_arrays(&path, &["a", "b", "C"], device)?;
@@ -184,6 +206,12 @@ impl super::Paper for SparseOt {
     fn check(c: &Config) -> Result<()> {
         if c.instance == Instance::Npz && c.npz_path.is_empty() {
             bail!("`instance: npz` needs `npz_path` (a .npz holding float64 arrays a, b, C)");
+        }
+        if c.instance == Instance::Data {
+            c.data.check()?;
+            if c.data.classes.len() != 2 {
+                bail!("`instance: data` transports between two classes: set `data.classes: [a, b]`");
+            }
         }
         if c.instance != Instance::Npz && (c.m < 1 || c.n < 1) {
             bail!("`m` and `n` must be at least 1");
