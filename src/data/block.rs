@@ -195,6 +195,16 @@ pub struct Data {
     pub bags: Option<Bags>,
 }
 
+impl Data {
+    /// Records the data a run used in its summary: split sizes, classes, realised noise rate.
+    pub fn record(&self, ctx: &mut crate::context::RunCtx) -> Result<()> {
+        ctx.set_final("data_train_size", self.train.len() as f64)?;
+        ctx.set_final("data_test_size", self.test.len() as f64)?;
+        ctx.set_final("data_classes", self.classes as f64)?;
+        ctx.set_final("data_noise_rate", self.realised_noise_rate)
+    }
+}
+
 impl DataConfig {
     /// Range and combination checks, naming the key (`data.<key>`).
     pub fn check(&self) -> Result<()> {

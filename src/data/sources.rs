@@ -120,3 +120,64 @@ pub fn load_csv(path: &Path, label: &str, features: &[String]) -> Result<Raw> {
     let max_value = f64::try_from(t.features.abs().max())?.max(f64::MIN_POSITIVE);
     Ok(Raw { train_x: t.features, train_y: t.labels, test: None, classes, max_value })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("reglab-src-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn cifar_batches_are_read_out_of_the_tar_gz() {
+        let dir = temp("cifar");
+        let path = dir.join("cifar-10-binary.tar.gz");
+        let gz = flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        let record = |label: u8, fill: u8| -> Vec<u8> { std::iter::once(label).chain(std::iter::repeat(fill).take(cifar::RECORD - 1)).collect() };
+        let mut add = |name: &str, bytes: Vec<u8>| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, format!("cifar-10-batches-bin/{name}"), &bytes[..]).unwrap();
+        };
+        for k in 1..=5u8 {
+            add(&format!("data_batch_{k}.bin"), [record(k, k * 10), record(0, 1)].concat());
+        }
+        add("test_batch.bin", record(9, 99));
+        add("batches.meta.txt", b"airplane\n".to_vec());
+        tar.into_inner().unwrap().finish().unwrap().flush().unwrap();
+        let raw = load_cifar_archive(&path).unwrap();
+        assert_eq!(raw.train_x.size(), vec![10, 3, 32, 32]);
+        assert_eq!(Vec::<i64>::try_from(&raw.train_y).unwrap(), vec![1, 0, 2, 0, 3, 0, 4, 0, 5, 0]);
+        assert_eq!(raw.train_x.double_value(&[4, 2, 31, 31]), 30.0);
+        let (tx, ty) = raw.test.unwrap();
+        assert_eq!((tx.size()[0], Vec::<i64>::try_from(&ty).unwrap()), (1, vec![9]));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn movielens_ratings_from_the_zip_or_the_recbole_file() {
+        let dir = temp("ml");
+        let ml = dir.join("movielens_100k");
+        std::fs::create_dir_all(&ml).unwrap();
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(ml.join("ml-100k.zip")).unwrap());
+        zip.start_file("ml-100k/u.data", zip::write::FileOptions::default()).unwrap();
+        zip.write_all(b"1\t10\t4\t100\n3\t2\t5\t200\n").unwrap();
+        zip.finish().unwrap();
+        let r = load_ratings(&dir).unwrap();
+        assert_eq!(Vec::<i64>::try_from(&r.users).unwrap(), vec![0, 2]);
+        assert_eq!((r.n_users, r.n_items), (3, 10));
+        std::fs::remove_file(ml.join("ml-100k.zip")).unwrap();
+        assert!(load_ratings(&dir).unwrap_err().to_string().contains("reglab data fetch movielens_100k"));
+        std::fs::write(ml.join("ml-100k.inter"), "user_id:token\titem_id:token\trating:float\ttimestamp:float\n5\t6\t1\t7\n").unwrap();
+        assert_eq!(Vec::<f32>::try_from(&load_ratings(&dir).unwrap().ratings).unwrap(), vec![1.0]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

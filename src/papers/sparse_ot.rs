@@ -148,6 +148,7 @@ fn problem(cfg: &Config, ctx: &mut RunCtx) -> Result<(Tensor, Tensor, Tensor)> {
         }
         Instance::Data => {
             let data = cfg.data.load(&ctx.data_dir, ctx.seed, device)?;
+            data.record(ctx)?;
             let x = data.train.x.flatten(1, -1).to_kind(Kind::Double);
             let pick = |class: i64, count: i64| -> Result<Tensor> {
                 let idx = data.train.y.eq(class).nonzero().squeeze_dim(1);
