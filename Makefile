@@ -43,8 +43,9 @@ demo: build
 	$(REGLAB) run experiments/stablemax_grokking.yaml --out $(RESULTS) --jobs 2 $(ARGS); rc=$$?; \
 	echo ">> demo wall time: $$(( $$(date +%s) - start )) s"; exit $$rc
 
+# Tests run two at a time: one torch thread each (OMP_NUM_THREADS sets libtorch's default).
 test: $(TORCH_READY)
-	$(CARGO) test --release -- --test-threads=2
+	OMP_NUM_THREADS=1 $(CARGO) test --release -- --test-threads=2
 
 run: build
 	$(CARGO) run --release -- run $(EXP) --out $(RESULTS) $(ARGS)
@@ -57,8 +58,9 @@ $(SPECS:%=sweep-%): sweep-%: build
 tables: build
 	$(REGLAB) report $(RESULTS)
 
+BENCH_PYTHON ?= $(if $(LIBTORCH),$(PYTHON),$(TORCH_VENV)/bin/python)
 bench: build
-	$(TORCH_VENV)/bin/python bench/stablemax_bench.py --reglab $(REGLAB)
+	$(BENCH_PYTHON) bench/stablemax_bench.py --reglab $(REGLAB)
 
 # Datasets the package registries carry, verified by checksum into data/ (or DATA_DIR):
 # Fashion-MNIST from Debian's dataset-fashion-mnist, MovieLens-100k from the recbole wheel.

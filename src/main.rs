@@ -396,10 +396,19 @@ fn cmd_data_list(data_dir: &Path) -> Result<ExitCode> {
 
 fn cmd_data_fetch(data_dir: &Path, name: &str, from: Option<&Path>, quiet: bool) -> Result<ExitCode> {
     let info = catalog::find(name)?;
-    if info.bundled && from.is_none() {
-        println!("`{name}` ships with reglab in {}; nothing to fetch", data_dir.join(name).display());
-        return Ok(ExitCode::SUCCESS);
-    }
+    // A bundled dataset is copied from the checkout (through the same checksum test).
+    let bundled_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data").join(name);
+    let from = match (from, info.bundled) {
+        (None, true) => {
+            let same = std::fs::canonicalize(data_dir.join(name)).ok() == std::fs::canonicalize(&bundled_dir).ok();
+            if same {
+                println!("`{name}` ships with reglab and is already in {}", bundled_dir.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(bundled_dir.as_path())
+        }
+        (from, _) => from,
+    };
     let origin = match from {
         Some(dir) => store::Origin::Folder(dir),
         None => store::Origin::Url(store::base_url(info)),

@@ -129,7 +129,7 @@ pub fn report(exp_dir: &Path) -> Result<Report> {
         writeln!(md, "| {} |", cells.join(" | ")).ok();
     }
 
-    let claims: Vec<ClaimResult> = exp.claims.iter().map(|c| evaluate(c, &stats)).collect();
+    let claims: Vec<ClaimResult> = exp.claims.iter().map(|c| evaluate(c, &stats, &planned)).collect();
     if !claims.is_empty() {
         writeln!(md).ok();
         writeln!(md, "## Claims").ok();
@@ -273,8 +273,15 @@ fn cell(stats: Option<&GroupStats>, metric: &str) -> String {
     }
 }
 
-fn group_mean(stats: &BTreeMap<&str, GroupStats>, group: &str, metric: &str) -> Result<f64, String> {
+/// The mean of `metric` over the group's runs — only when every planned run of the group is
+/// `ok`: a claim is not judged on the seeds that happened to finish.
+fn group_mean(stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMap<&str, usize>, group: &str, metric: &str) -> Result<f64, String> {
     let Some(s) = stats.get(group) else { return Err(format!("{group}: no run yet")) };
+    let want = planned.get(group).copied().unwrap_or(s.ok);
+    if s.ok < want {
+        let other = if s.other.is_empty() { String::new() } else { format!(", {}", not_ok_text(s)) };
+        return Err(format!("{group}: {}/{want} runs ok{other}", s.ok));
+    }
     match s.values.get(metric) {
         Some(xs) if !xs.is_empty() => Ok(mean_std(xs).0),
         _ if s.ok == 0 && !s.other.is_empty() => Err(format!("{group}: {}", not_ok_text(s))),
@@ -282,7 +289,7 @@ fn group_mean(stats: &BTreeMap<&str, GroupStats>, group: &str, metric: &str) -> 
     }
 }
 
-fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>) -> ClaimResult {
+fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMap<&str, usize>) -> ClaimResult {
     let m = &claim.metric;
     let note = claim.note.as_ref().map(|n| format!(" — {n}")).unwrap_or_default();
     if let (Some(than), Some((subject, higher))) =
@@ -293,7 +300,7 @@ fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>) -> ClaimResult {
         let sign = if higher { "+" } else { "−" };
         let margin_text = if margin != 0.0 { format!(" {sign} {}", fmt_num(margin)) } else { String::new() };
         let text = format!("`{m}`: {subject} {op} {than}{margin_text}{note}");
-        return match (group_mean(stats, subject, m), group_mean(stats, than, m)) {
+        return match (group_mean(stats, planned, subject, m), group_mean(stats, planned, than, m)) {
             (Ok(a), Ok(b)) => {
                 let diff = if higher { a - b } else { b - a };
                 ClaimResult {
@@ -318,7 +325,7 @@ fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>) -> ClaimResult {
         bounds.push(format!("≤ {}", fmt_num(hi)));
     }
     let text = format!("`{m}`: {variant} {}{note}", bounds.join(" and "));
-    match group_mean(stats, &variant, m) {
+    match group_mean(stats, planned, &variant, m) {
         Ok(x) => {
             let pass = claim.at_least.is_none_or(|lo| x >= lo) && claim.at_most.is_none_or(|hi| x <= hi);
             ClaimResult { text, measured: format!("{variant} {}", fmt_num(x)), pass: Some(pass) }
@@ -362,6 +369,11 @@ mod tests {
         serde_yaml::from_str(yaml).unwrap()
     }
 
+    fn evaluate(c: &Claim, st: &BTreeMap<&'static str, GroupStats>) -> ClaimResult {
+        let planned = st.iter().map(|(g, s)| (*g, s.ok + s.other.values().map(|v| v.0).sum::<usize>())).collect();
+        super::evaluate(c, st, &planned)
+    }
+
     #[test]
     fn pairwise_claims_use_means_and_margin() {
         let st = stats_of(&[("a", &[0.9, 0.8], &[]), ("b", &[0.6, 0.7], &[])]);
@@ -381,6 +393,11 @@ mod tests {
         assert!(r.measured.contains("diverged"), "{}", r.measured);
         let r = evaluate(&claim("{metric: acc, variant: zz, at_least: 0}"), &st);
         assert!(r.measured.contains("no run yet"), "{}", r.measured);
+        // One of two seeds failed: the claim is not judged on the survivor.
+        let partial = stats_of(&[("p", &[0.99], &["failed"])]);
+        let r = evaluate(&claim("{metric: acc, variant: p, at_least: 0.5}"), &partial);
+        assert_eq!(r.pass, None);
+        assert!(r.measured.contains("1/2 runs ok") && r.measured.contains("1 failed"), "{}", r.measured);
         assert_eq!(cell(st.get("d"), "acc"), "1 diverged");
         assert_eq!(cell(None, "acc"), "no run yet");
     }

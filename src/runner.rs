@@ -83,8 +83,8 @@ pub struct RunSettings {
 /// failure inside the paper's code: that becomes status `failed` in the summary.
 pub fn execute(plan: &RunPlan, dir: &Path, settings: &RunSettings) -> Result<Status> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    clear_result(dir)?;
     write_atomic(&dir.join("config.yaml"), config_text(&plan.config).as_bytes())?;
-    let _ = std::fs::remove_file(dir.join("summary.csv"));
     tch::set_num_threads(settings.threads);
     let entry = papers::find(&plan.paper)?;
     let started_at = provenance::now_rfc3339();
@@ -141,6 +141,20 @@ pub fn execute(plan: &RunPlan, dir: &Path, settings: &RunSettings) -> Result<Sta
     };
     write_atomic(&dir.join("run.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
     Ok(status)
+}
+
+/// Removes a previous result of a run directory before it runs again, so an old `ok` summary
+/// can never stand for the new config if this run dies early.
+fn clear_result(dir: &Path) -> Result<()> {
+    for name in ["summary.csv", "run.json"] {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove the old {}", dir.join(name).display()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The fixed leading columns of every summary row; final metrics follow, sorted by name.
@@ -248,6 +262,7 @@ fn run_children(todo: &[RunPlan], exp_dir: &Path, settings: &RunSettings) -> Res
             let Some(plan) = queue.pop_front() else { break };
             let dir = run_dir(exp_dir, &plan.id);
             std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            clear_result(&dir)?;
             write_atomic(&dir.join("plan.json"), serde_json::to_string_pretty(plan)?.as_bytes())?;
             write_atomic(&dir.join("config.yaml"), config_text(&plan.config).as_bytes())?;
             let mut cmd = Command::new(&exe);
@@ -296,14 +311,14 @@ fn run_children(todo: &[RunPlan], exp_dir: &Path, settings: &RunSettings) -> Res
     Ok(done)
 }
 
-/// Checks, before anything runs, that every dataset a run's `data:` block names is in the data
-/// directory (or, for `csv`, that its file exists); the error says how to get it.
+/// Checks, before anything runs, that every dataset a run reads through its `data:` block is
+/// in the data directory (or, for `csv`, that its file exists); the error says how to get it.
 pub fn check_data(plans: &[RunPlan], data_dir: &Path) -> Result<()> {
     let mut checked = std::collections::BTreeSet::new();
     for plan in plans {
-        let Some(block) = plan.config.get("data").filter(|v| v.is_mapping()) else { continue };
-        let cfg: crate::data::DataConfig = serde_yaml::from_value(block.clone()).with_context(|| format!("run {}: `data`", plan.id))?;
-        if !checked.insert(serde_yaml::to_string(&(&cfg.name, &cfg.path)).unwrap_or_default()) {
+        let entry = papers::find(&plan.paper)?;
+        let Some(cfg) = (entry.data)(&plan.config)? else { continue };
+        if !checked.insert((cfg.name.clone(), cfg.path.clone())) {
             continue;
         }
         match cfg.needs_files() {
@@ -315,7 +330,11 @@ pub fn check_data(plans: &[RunPlan], data_dir: &Path) -> Result<()> {
             }
             None => {
                 if !Path::new(&cfg.path).is_file() {
-                    bail!("run {}: `data.path`: the CSV file `{}` does not exist", plan.id, cfg.path);
+                    bail!(
+                        "run {}: `data.path`: the CSV file `{}` does not exist (relative paths are taken from the current directory)",
+                        plan.id,
+                        cfg.path
+                    );
                 }
             }
         }

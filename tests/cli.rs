@@ -131,10 +131,16 @@ fn finished_runs_are_skipped_and_force_reruns() {
     assert!(text(&out).contains("nothing to do") && text(&out).contains("2 of 2 runs already finished"), "{}", text(&out));
     assert_eq!(std::fs::metadata(&metrics).unwrap().modified().unwrap(), before);
     // A changed config is not "finished".
-    let out = run(&[&args[..], &["--set", "epochs=4"]].concat());
+    let changed = [&args[..], &["--set", "epochs=4"]].concat();
+    let out = run(&changed);
     assert!(!text(&out).contains("nothing to do"), "{}", text(&out));
-    let forced = run(&[&args[..], &["--force"]].concat());
-    assert!(forced.status.success());
+    // Now finished with that config: skipped again, until --force.
+    let out = run(&changed);
+    assert!(text(&out).contains("nothing to do"), "{}", text(&out));
+    let before = std::fs::metadata(&metrics).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let forced = run(&[&changed[..], &["--force"]].concat());
+    assert!(forced.status.success() && !text(&forced).contains("nothing to do"), "{}", text(&forced));
     assert_ne!(std::fs::metadata(&metrics).unwrap().modified().unwrap(), before);
 }
 
@@ -212,7 +218,7 @@ variants:
     );
     for jobs in ["1", "2"] {
         let res = dir.join(format!("res{jobs}"));
-        let out = run(&["-q", "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap(), "--jobs", jobs]);
+        let out = run(&["-q", "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap(), "--jobs", jobs, "--threads", "1"]);
         assert!(out.status.success(), "a diverged run is a result, not an error: {}", text(&out));
         let row = |id: &str| {
             let (h, rows) = read_csv(&res.join("bad/runs").join(id).join("summary.csv"));
@@ -243,7 +249,7 @@ variants:
     );
     for jobs in ["1", "2"] {
         let res = dir.join(format!("ot{jobs}"));
-        let out = run(&["-q", "run", ot.to_str().unwrap(), "--out", res.to_str().unwrap(), "--jobs", jobs]);
+        let out = run(&["-q", "run", ot.to_str().unwrap(), "--out", res.to_str().unwrap(), "--jobs", jobs, "--threads", "1"]);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         assert!(text(&out).contains("1 run(s) failed") && text(&out).contains("missing_file__s0"), "{}", text(&out));
         let (h, rows) = read_csv(&res.join("ot/runs/missing_file__s0/summary.csv"));
@@ -269,7 +275,7 @@ variants:
     let bad = write(&dir, "bad.yaml", &format!("{base}claims:\n  - {{ metric: max_nnz_col, variant: sparse, at_most: 2 }}\n  - {{ metric: mean_nnz_col, higher: sparse, than: sinkhorn }}\n"));
     let res = dir.join("res");
     for spec in [&good, &bad] {
-        assert!(run(&["-q", "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap()]).status.success());
+        assert!(run(&["-q", "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap(), "--threads", "1"]).status.success());
     }
     let ok = run(&["report", res.join("good").to_str().unwrap(), "--check"]);
     assert!(ok.status.success(), "{}", text(&ok));
@@ -286,6 +292,11 @@ variants:
 #[test]
 fn cuda_without_a_gpu_is_a_clear_error_before_any_run() {
     if tch::Cuda::is_available() {
+        // On a GPU machine: a device that does not exist is the clear error instead.
+        let dir = scratch("cuda99");
+        let spec = write(&dir, "tiny.yaml", TINY);
+        let out = run(&["run", spec.to_str().unwrap(), "--out", dir.join("res").to_str().unwrap(), "--device", "cuda:99"]);
+        assert!(!out.status.success() && text(&out).contains("does not exist"), "{}", text(&out));
         return;
     }
     let dir = scratch("cuda");
@@ -355,7 +366,7 @@ fn a_user_npz_problem_is_solved_and_its_plan_written() {
     let npz = dir.join("problem.npz");
     Tensor::write_npz(&[("a", &a), ("b", &b), ("C", &c)], &npz).unwrap();
     let spec = write(&dir, "mine.yaml", &format!("paper: sparse_ot\nparams: {{ instance: npz, npz_path: {}, k: 2, gamma: 0.5 }}\n", npz.display()));
-    let out = run(&["-q", "run", spec.to_str().unwrap(), "--out", dir.join("res").to_str().unwrap()]);
+    let out = run(&["-q", "run", spec.to_str().unwrap(), "--out", dir.join("res").to_str().unwrap(), "--threads", "1"]);
     assert!(out.status.success(), "{}", text(&out));
     let plan = Tensor::read_npz(dir.join("res/mine/runs/default__s0/plan.npz")).unwrap();
     let t = &plan.iter().find(|(n, _)| n == "plan").unwrap().1;
@@ -397,7 +408,7 @@ variants:
     assert!(logged.lines().count() >= 20, "what was logged before Ctrl-C is kept");
     // The next run skips the finished run and starts the unfinished one again (made short here).
     write(&dir, "long.yaml", &spec_text.replace("epochs: 200000", "epochs: 3"));
-    let out = run(&["run", spec.to_str().unwrap(), "--out", res.to_str().unwrap()]);
+    let out = run(&["run", spec.to_str().unwrap(), "--out", res.to_str().unwrap(), "--threads", "1"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("1 of 2 runs already finished"), "{}", text(&out));
     assert_eq!(status_of("long__s0"), "ok");
@@ -436,6 +447,9 @@ fn data_fetch_checks_sums_and_runs_need_their_data() {
     let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/digits");
     let out = run(&["--data-dir", data.to_str().unwrap(), "data", "fetch", "digits", "--from", bundled.to_str().unwrap()]);
     assert!(out.status.success() && text(&out).contains("sha256 verified"), "{}", text(&out));
+    std::fs::remove_dir_all(data.join("digits")).unwrap();
+    let out = run(&["--data-dir", data.to_str().unwrap(), "data", "fetch", "digits"]);
+    assert!(out.status.success() && data.join("digits/digits.csv.gz").is_file(), "{}", text(&out));
     let list = text(&run(&["--data-dir", data.to_str().unwrap(), "data", "list"]));
     assert!(list.contains("digits") && list.contains("1797+0 samples") && list.contains("fashion_mnist    no"), "{list}");
     // A spec needing a dataset that is not there fails before any run, naming the command.
@@ -445,6 +459,10 @@ fn data_fetch_checks_sums_and_runs_need_their_data() {
     assert!(!out.status.success());
     assert!(text(&out).contains("reglab data fetch fashion_mnist") && text(&out).contains("fm.yaml"), "{}", text(&out));
     assert!(!res.exists(), "nothing ran");
+    // A run that reads no dataset does not need one, whatever the data directory holds.
+    let square = write(&dir, "square.yaml", "paper: sparse_ot\nparams: { m: 6, k: 2 }\n");
+    let out = run(&["--data-dir", dir.join("empty").to_str().unwrap(), "-q", "run", square.to_str().unwrap(), "--out", res.to_str().unwrap(), "--threads", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
     // A user's CSV through the shared data block.
     let mut csv = String::from("f1,f2,f3,label\n");
     for i in 0..40 {
@@ -452,7 +470,7 @@ fn data_fetch_checks_sums_and_runs_need_their_data() {
     }
     let table = write(&dir, "mine.csv", &csv);
     let spec = write(&dir, "csv.yaml", &format!("paper: sparse_ot\nparams: {{ instance: data, m: 8, n: 8, k: 2, data: {{ name: csv, path: {}, label_column: label, classes: [0, 1], test_fraction: 0.25 }} }}\n", table.display()));
-    let out = run(&["-q", "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap()]);
+    let out = run(&["-q", "run", spec.to_str().unwrap(), "--out", res.to_str().unwrap(), "--threads", "1"]);
     assert!(out.status.success(), "{}", text(&out));
     let (h, rows) = read_csv(&res.join("csv/runs/default__s0/summary.csv"));
     let row: BTreeMap<_, _> = h.into_iter().zip(rows[0].clone()).collect();

@@ -277,7 +277,7 @@ impl DataConfig {
         let (val_pos, train_pos) = stratified_split(&train_labels, self.val_fraction, &mut rng);
         let mut train_pos: Vec<i64> = train_pos;
         if let Some(n) = self.train_size {
-            train_pos = stratified_subsample(&train_labels, &train_pos, n, &mut rng)?;
+            train_pos = stratified_subsample(&train_labels, &train_pos, n, &mut rng).map_err(|e| anyhow::anyhow!("`data.train_size`: {e}"))?;
         }
         let pick = |pos: &[i64]| Tensor::from_slice(&pos.iter().map(|&p| train_idx[p as usize]).collect::<Vec<_>>());
         let (tr_t, va_t) = (pick(&train_pos), pick(&val_pos));
@@ -287,7 +287,7 @@ impl DataConfig {
         if let Some(n) = self.test_size {
             let labels = labels_vec(&test_y);
             let all: Vec<i64> = (0..labels.len() as i64).collect();
-            let keep = Tensor::from_slice(&stratified_subsample(&labels, &all, n, &mut rng)?);
+            let keep = Tensor::from_slice(&stratified_subsample(&labels, &all, n, &mut rng).map_err(|e| anyhow::anyhow!("`data.test_size`: {e}"))?);
             (test_x, test_y) = (test_x.index_select(0, &keep), test_y.index_select(0, &keep));
         }
 
@@ -398,6 +398,9 @@ impl DataConfig {
         let r = self.label_noise.rate;
         let k = classes as u64;
         let map = &self.label_noise.map;
+        if self.label_noise.kind != NoiseKind::None && self.label_noise.rate > 0.0 && classes < 2 {
+            bail!("`data.label_noise` needs at least two classes (this data has {classes})");
+        }
         if let Some(bad) = map.iter().flatten().find(|&&c| c < 0 || c >= classes) {
             bail!("`data.label_noise.map`: class {bad} is outside 0..{classes}");
         }

@@ -37,7 +37,7 @@ pub const DIGITS: DatasetInfo = DatasetInfo {
     licence: "CC BY 4.0 (UCI)",
     base_url: "",
     file_sets: &[&[DataFile { name: "digits.csv.gz", sha256: "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22" }]],
-    offline: "bundled in the repository (data/digits/)",
+    offline: "bundled in the repository (data/digits/); `reglab data fetch digits` copies it into another data directory",
     bundled: true,
 };
 

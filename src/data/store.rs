@@ -143,13 +143,18 @@ pub fn install(dir: &Path, info: &DatasetInfo, origin: &Origin, progress: bool) 
             bad.join("; ")
         );
     }
-    let target = dir.join(info.name);
-    std::fs::create_dir_all(&target).with_context(|| format!("cannot create {}", target.display()))?;
     let mut done = vec![];
     for f in set {
-        let bytes = std::fs::metadata(tmp.0.join(f.name))?.len();
-        std::fs::rename(tmp.0.join(f.name), target.join(f.name)).with_context(|| format!("cannot move {} into {}", f.name, target.display()))?;
-        done.push((f.name.to_string(), bytes));
+        done.push((f.name.to_string(), std::fs::metadata(tmp.0.join(f.name))?.len()));
+    }
+    let target = dir.join(info.name);
+    if !target.exists() {
+        // One rename moves the whole verified set into place.
+        std::fs::rename(&tmp.0, &target).with_context(|| format!("cannot move the files into {}", target.display()))?;
+    } else {
+        for f in set {
+            std::fs::rename(tmp.0.join(f.name), target.join(f.name)).with_context(|| format!("cannot move {} into {}", f.name, target.display()))?;
+        }
     }
     Ok(done)
 }

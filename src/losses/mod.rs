@@ -1,4 +1,5 @@
 //! Shared losses and classification metrics.
 
 pub mod classify;
+pub mod metrics;
 pub mod stablemax;

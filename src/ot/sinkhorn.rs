@@ -11,8 +11,17 @@ pub struct SinkhornResult {
 }
 
 /// Runs at most `max_iter` sweeps, stopping when ‖T1 − a‖₁ < `tol` (checked every 10 sweeps;
-/// the column marginal is exact after each sweep).
-pub fn sinkhorn_log(a: &Tensor, b: &Tensor, c: &Tensor, eps: f64, max_iter: usize, tol: f64) -> SinkhornResult {
+/// the column marginal is exact after each sweep). `on_check(sweeps)` runs at each check; its
+/// error (e.g. Ctrl-C) stops the solve.
+pub fn sinkhorn_log(
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    eps: f64,
+    max_iter: usize,
+    tol: f64,
+    mut on_check: impl FnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<SinkhornResult> {
     let (log_a, log_b) = (a.log(), b.log());
     let mut f = a.zeros_like();
     let mut g = b.zeros_like();
@@ -26,12 +35,13 @@ pub fn sinkhorn_log(a: &Tensor, b: &Tensor, c: &Tensor, eps: f64, max_iter: usiz
         if iterations % 10 == 0 || iterations == max_iter {
             let rows = plan_of(&f, &g).sum_dim_intlist([1].as_slice(), false, Kind::Double);
             err = f64::try_from((rows - a).abs().sum(Kind::Double)).expect("scalar");
+            on_check(iterations)?;
             if err < tol {
                 break;
             }
         }
     }
-    SinkhornResult { plan: plan_of(&f, &g), iterations, marginal_err: err }
+    Ok(SinkhornResult { plan: plan_of(&f, &g), iterations, marginal_err: err })
 }
 
 #[cfg(test)]
@@ -44,12 +54,12 @@ mod tests {
         let a = Tensor::from_slice(&[0.2f64, 0.5, 0.3]);
         let b = Tensor::from_slice(&[0.6f64, 0.4]);
         let c = Tensor::rand([3, 2], (Kind::Double, Device::Cpu));
-        let r = sinkhorn_log(&a, &b, &c, 0.05, 5000, 1e-12);
+        let r = sinkhorn_log(&a, &b, &c, 0.05, 5000, 1e-12, |_| Ok(())).unwrap();
         assert!(r.marginal_err < 1e-10);
         let cols = r.plan.sum_dim_intlist([0].as_slice(), false, Kind::Double);
         assert!(f64::try_from((cols - &b).abs().max()).unwrap() < 1e-12);
         // ε → ∞: T → a bᵀ.
-        let big = sinkhorn_log(&a, &b, &c, 1e6, 100, 1e-14);
+        let big = sinkhorn_log(&a, &b, &c, 1e6, 100, 1e-14, |_| Ok(())).unwrap();
         let outer = a.unsqueeze(1) * b.unsqueeze(0);
         assert!(f64::try_from((big.plan - outer).abs().max()).unwrap() < 1e-6);
     }

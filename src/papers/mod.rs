@@ -10,8 +10,10 @@ use serde::Serialize;
 use serde_yaml::Value;
 
 use crate::context::RunCtx;
+use crate::data::DataConfig;
 use crate::params;
 
+pub mod elr;
 pub mod sparse_ot;
 pub mod stablemax_grokking;
 
@@ -25,6 +27,11 @@ pub trait Paper {
     /// Checks that go beyond types (ranges, combinations); the message names the key.
     fn check(_config: &Self::Config) -> Result<()> {
         Ok(())
+    }
+
+    /// The shared data block this config reads, if any — checked for presence before any run.
+    fn data(_config: &Self::Config) -> Option<&DataConfig> {
+        None
     }
 
     /// Runs one (variant, sweep point, seed). Logs metrics through `ctx`; the last value of each
@@ -43,6 +50,8 @@ pub struct Entry {
     /// Type-checks a merged config and returns it in canonical form (every key, typed values).
     pub resolve: fn(&Value, &str) -> Result<Value>,
     pub run: fn(&Value, &mut RunCtx) -> Result<()>,
+    /// The data block a resolved config reads, if any.
+    pub data: fn(&Value) -> Result<Option<DataConfig>>,
 }
 
 impl std::fmt::Debug for Entry {
@@ -66,6 +75,11 @@ fn run_with<P: Paper>(value: &Value, ctx: &mut RunCtx) -> Result<()> {
     P::run(&config, ctx)
 }
 
+fn data_of<P: Paper>(value: &Value) -> Result<Option<DataConfig>> {
+    let config: P::Config = params::typed(value, "config")?;
+    Ok(P::data(&config).cloned())
+}
+
 /// The registry entry of a paper module.
 pub fn entry<P: Paper>() -> Entry {
     Entry {
@@ -75,12 +89,14 @@ pub fn entry<P: Paper>() -> Entry {
         defaults: defaults_of::<P>,
         resolve: resolve_with::<P>,
         run: run_with::<P>,
+        data: data_of::<P>,
     }
 }
 
 /// Every paper, one line each.
 pub fn registry() -> Vec<Entry> {
     vec![
+        entry::<elr::Elr>(),
         entry::<sparse_ot::SparseOt>(),
         entry::<stablemax_grokking::StablemaxGrokking>(),
     ]

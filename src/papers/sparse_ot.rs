@@ -229,48 +229,57 @@ impl super::Paper for SparseOt {
         Ok(())
     }
 
+    fn data(c: &Config) -> Option<&DataConfig> {
+        (c.instance == Instance::Data).then_some(&c.data)
+    }
+
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
         let (a, b, c) = problem(cfg, ctx)?;
         let (m, n) = (c.size()[0], c.size()[1]);
         let reg = Regularizer { gamma: cfg.gamma, k: cfg.k };
         let opts = LbfgsOptions { max_iter: cfg.max_iter, gtol: cfg.tol, ftol: cfg.tol, ..Default::default() };
         let mut evals = 0u64;
+        // Progress counts objective evaluations against a nominal budget of 2 per iteration.
+        let max_evals = 2 * cfg.max_iter as u64;
         let (plan, iterations, dual_value, grad_inf) = match cfg.method {
             Method::SemiDual => {
                 let res = minimize(
                     |alpha| {
                         evals += 1;
+                        ctx.tick(evals.min(max_evals), max_evals)?;
                         let (obj, grad, _) = semi_dual(alpha, &a, &b, &c, reg);
-                        (-obj, -grad)
+                        Ok((-obj, -grad))
                     },
                     a.zeros_like(),
                     opts,
-                );
+                )?;
                 let (obj, _, plan) = semi_dual(&res.x, &a, &b, &c, reg);
                 (plan, res.iterations, obj, res.grad_inf)
             }
             Method::Dual => {
                 let split = |x: &Tensor| (x.narrow(0, 0, m), x.narrow(0, m, n));
+                let zeros = Tensor::zeros([m + n], (Kind::Double, ctx.device));
                 let res = minimize(
                     |x| {
                         evals += 1;
+                        ctx.tick(evals.min(max_evals), max_evals)?;
                         let (alpha, beta) = split(x);
                         let (obj, ga, gb, _) = dual(&alpha, &beta, &a, &b, &c, reg);
-                        (-obj, -Tensor::cat(&[ga, gb], 0))
+                        Ok((-obj, -Tensor::cat(&[ga, gb], 0)))
                     },
-                    Tensor::zeros([m + n], (Kind::Double, ctx.device)),
+                    zeros,
                     opts,
-                );
+                )?;
                 let (alpha, beta) = split(&res.x);
                 let (obj, _, _, plan) = dual(&alpha, &beta, &a, &b, &c, reg);
                 (plan, res.iterations, obj, res.grad_inf)
             }
             Method::Sinkhorn => {
-                let res = sinkhorn_log(&a, &b, &c, cfg.sinkhorn_eps, cfg.sinkhorn_iters, 1e-9);
+                let total = cfg.sinkhorn_iters as u64;
+                let res = sinkhorn_log(&a, &b, &c, cfg.sinkhorn_eps, cfg.sinkhorn_iters, 1e-9, |k| ctx.tick(k as u64, total))?;
                 (res.plan, res.iterations, f64::NAN, res.marginal_err)
             }
         };
-        ctx.tick(1, 1)?;
         let stats = plan_stats(&plan, &a, &b, &c);
         let mut metrics = vec![
             ("max_nnz_col", stats.max_nnz_col),
@@ -292,10 +301,13 @@ impl super::Paper for SparseOt {
             metrics.push(("cost_gap_abs", gap.abs()));
         }
         ctx.log_all(iterations as u64, &metrics)?;
+        // Written beside its place and renamed, like every other output file.
         let path = ctx.dir().join("plan.npz");
+        let tmp = ctx.dir().join(".plan.npz.tmp");
         let cpu = |t: &Tensor| t.to_device(Device::Cpu);
-        Tensor::write_npz(&[("plan", cpu(&plan)), ("a", cpu(&a)), ("b", cpu(&b)), ("C", cpu(&c))], &path)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        Tensor::write_npz(&[("plan", cpu(&plan)), ("a", cpu(&a)), ("b", cpu(&b)), ("C", cpu(&c))], &tmp)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| anyhow::anyhow!("cannot move {} into place: {e}", path.display()))?;
         Ok(())
     }
 }
@@ -325,7 +337,7 @@ mod tests {
         let (a, b, c) = instance();
         let reg = Regularizer { gamma: 0.5, k };
         let opts = LbfgsOptions { max_iter: 5000, gtol: 1e-12, ftol: 1e-14, ..Default::default() };
-        let res = minimize(|x| { let (o, g, _) = semi_dual(x, &a, &b, &c, reg); (-o, -g) }, a.zeros_like(), opts);
+        let res = minimize(|x| { let (o, g, _) = semi_dual(x, &a, &b, &c, reg); Ok((-o, -g)) }, a.zeros_like(), opts).unwrap();
         semi_dual(&res.x, &a, &b, &c, reg).2
     }
 
@@ -346,7 +358,7 @@ mod tests {
         let (a, b, c) = instance();
         let reg = Regularizer { gamma: 0.5, k: Some(2) };
         let opts = LbfgsOptions { max_iter: 5000, gtol: 1e-12, ftol: 1e-14, ..Default::default() };
-        let res = minimize(|x| { let (o, g, _) = semi_dual(x, &a, &b, &c, reg); (-o, -g) }, a.zeros_like(), opts);
+        let res = minimize(|x| { let (o, g, _) = semi_dual(x, &a, &b, &c, reg); Ok((-o, -g)) }, a.zeros_like(), opts).unwrap();
         assert!((-res.f - 0.279083333333).abs() < 1e-8, "semi-dual maximum {}", -res.f);
         let plan = solve(Some(2));
         let cols = plan.sum_dim_intlist([0].as_slice(), false, Kind::Double);

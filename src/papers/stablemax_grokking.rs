@@ -166,6 +166,7 @@ impl super::Paper for StablemaxGrokking {
 
         let mut best_test_acc: f64 = 0.0;
         let mut max_sc: f64 = 0.0;
+        let mut max_zero: f64 = 0.0;
         let mut first_epoch_90: Option<u64> = None;
         for epoch in 1..=cfg.epochs {
             let (x, y) = if cfg.shuffle {
@@ -210,6 +211,7 @@ impl super::Paper for StablemaxGrokking {
                             }
                         }
                         "sc_fraction" => max_sc = max_sc.max(*v),
+                        "zero_loss_fraction" => max_zero = max_zero.max(*v),
                         _ => {}
                     }
                 }
@@ -219,6 +221,7 @@ impl super::Paper for StablemaxGrokking {
         }
         ctx.set_final("best_test_acc", best_test_acc)?;
         ctx.set_final("max_sc_fraction", max_sc)?;
+        ctx.set_final("max_zero_loss_fraction", max_zero)?;
         // Only when reached: a missing value reads "not reported" in the table, never a fake epoch.
         if let Some(e) = first_epoch_90 {
             ctx.set_final("epoch_test_acc_90", e as f64)?;

@@ -4,6 +4,7 @@
 //! Stopping follows scipy's L-BFGS-B as POT calls it: `gtol` on the largest gradient entry and
 //! `ftol` on the relative reduction (f_k − f_{k+1}) / max(|f_k|, |f_{k+1}|, 1).
 
+use anyhow::Result;
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy)]
@@ -39,17 +40,18 @@ fn inf_norm(a: &Tensor) -> f64 {
     f64::try_from(a.abs().max()).expect("scalar")
 }
 
-/// Minimises `f` (returning value and gradient, both for a flat f64 tensor) from `x0`.
-pub fn minimize(mut f: impl FnMut(&Tensor) -> (f64, Tensor), x0: Tensor, opts: LbfgsOptions) -> LbfgsResult {
+/// Minimises `f` (returning value and gradient, both for a flat f64 tensor) from `x0`. An
+/// error from `f` (e.g. Ctrl-C noticed through the run context) stops the solve and is returned.
+pub fn minimize(mut f: impl FnMut(&Tensor) -> Result<(f64, Tensor)>, x0: Tensor, opts: LbfgsOptions) -> Result<LbfgsResult> {
     let x0 = x0.to_kind(Kind::Double);
     let mut x = x0;
-    let (mut fx, mut g) = f(&x);
+    let (mut fx, mut g) = f(&x)?;
     let mut s_hist: Vec<Tensor> = vec![];
     let mut y_hist: Vec<Tensor> = vec![];
     let mut iterations = 0;
     if inf_norm(&g) <= opts.gtol {
         let grad_inf = inf_norm(&g);
-        return LbfgsResult { x, f: fx, iterations, grad_inf, converged: true, reason: "gradient below gtol" };
+        return Ok(LbfgsResult { x, f: fx, iterations, grad_inf, converged: true, reason: "gradient below gtol" });
     }
     while iterations < opts.max_iter {
         // Two-loop recursion: d = −H g.
@@ -84,7 +86,7 @@ pub fn minimize(mut f: impl FnMut(&Tensor) -> (f64, Tensor), x0: Tensor, opts: L
         let mut accepted = None;
         for _ in 0..opts.max_line_search {
             let x_new = &x + &d * t;
-            let (f_new, g_new) = f(&x_new);
+            let (f_new, g_new) = f(&x_new)?;
             if f_new.is_finite() && f_new <= fx + 1e-4 * t * slope {
                 accepted = Some((x_new, f_new, g_new));
                 break;
@@ -94,7 +96,7 @@ pub fn minimize(mut f: impl FnMut(&Tensor) -> (f64, Tensor), x0: Tensor, opts: L
         iterations += 1;
         let Some((x_new, f_new, g_new)) = accepted else {
             let grad_inf = inf_norm(&g);
-            return LbfgsResult { x, f: fx, iterations, grad_inf, converged: false, reason: "line search failed" };
+            return Ok(LbfgsResult { x, f: fx, iterations, grad_inf, converged: false, reason: "line search failed" });
         };
         let s = &x_new - &x;
         let y = &g_new - &g;
@@ -112,14 +114,14 @@ pub fn minimize(mut f: impl FnMut(&Tensor) -> (f64, Tensor), x0: Tensor, opts: L
         g = g_new;
         let grad_inf = inf_norm(&g);
         if grad_inf <= opts.gtol {
-            return LbfgsResult { x, f: fx, iterations, grad_inf, converged: true, reason: "gradient below gtol" };
+            return Ok(LbfgsResult { x, f: fx, iterations, grad_inf, converged: true, reason: "gradient below gtol" });
         }
         if reduction <= opts.ftol {
-            return LbfgsResult { x, f: fx, iterations, grad_inf, converged: true, reason: "relative reduction of f below ftol" };
+            return Ok(LbfgsResult { x, f: fx, iterations, grad_inf, converged: true, reason: "relative reduction of f below ftol" });
         }
     }
     let grad_inf = inf_norm(&g);
-    LbfgsResult { x, f: fx, iterations, grad_inf, converged: false, reason: "max_iter reached" }
+    Ok(LbfgsResult { x, f: fx, iterations, grad_inf, converged: false, reason: "max_iter reached" })
 }
 
 #[cfg(test)]
@@ -135,11 +137,12 @@ mod tests {
         let res = minimize(
             |x| {
                 let r = x - &c;
-                (0.5 * f64::try_from((&d * &r * &r).sum(Kind::Double)).unwrap(), &d * &r)
+                Ok((0.5 * f64::try_from((&d * &r * &r).sum(Kind::Double)).unwrap(), &d * &r))
             },
             Tensor::zeros([4], (Kind::Double, Device::Cpu)),
             LbfgsOptions { gtol: 1e-10, ftol: 0.0, ..Default::default() },
-        );
+        )
+        .unwrap();
         assert!(res.converged, "{}", res.reason);
         assert!(inf_norm(&(&res.x - &c)) < 1e-9);
     }
@@ -152,11 +155,12 @@ mod tests {
                 let (a, b) = (v[0], v[1]);
                 let f = (1.0 - a).powi(2) + 100.0 * (b - a * a).powi(2);
                 let g = [-2.0 * (1.0 - a) - 400.0 * a * (b - a * a), 200.0 * (b - a * a)];
-                (f, Tensor::from_slice(&g))
+                Ok((f, Tensor::from_slice(&g)))
             },
             Tensor::from_slice(&[-1.2f64, 1.0]),
             LbfgsOptions { gtol: 1e-8, ftol: 0.0, max_iter: 1000, ..Default::default() },
-        );
+        )
+        .unwrap();
         let v = Vec::<f64>::try_from(&res.x).unwrap();
         assert!((v[0] - 1.0).abs() < 1e-6 && (v[1] - 1.0).abs() < 1e-6, "{v:?} {}", res.reason);
     }

@@ -1,4 +1,6 @@
 //! Training pieces shared by the papers: optimizer wrappers and schedules beyond tch's own.
 
 pub mod lbfgs;
+pub mod optim;
+pub mod supervised;
 pub mod orthograd;

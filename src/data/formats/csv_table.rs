@@ -55,6 +55,9 @@ pub fn parse_table(bytes: &[u8], label: &str, features: &[String]) -> Result<Tab
         bail!("the table is empty");
     }
     let header = if rows[0].iter().any(|f| f.parse::<f64>().is_err()) { Some(rows.remove(0)) } else { None };
+    if rows.is_empty() {
+        bail!("the table has a header row but no data rows");
+    }
     let width = header.as_ref().map_or(rows.first().map_or(0, Vec::len), Vec::len);
     let label_col = column_index(label, header.as_deref(), width)?;
     let feature_cols: Vec<usize> = if features.is_empty() {
@@ -124,5 +127,6 @@ mod tests {
         assert!(msg.contains("no column `kind`") && msg.contains("species"), "{msg}");
         let msg = format!("{:#}", parse_table(b"1,2,0\n3,x,1\n", "-1", &[]).unwrap_err());
         assert!(msg.contains("row 2"), "{msg}");
+        assert!(parse_table(b"a,b\n", "b", &[]).unwrap_err().to_string().contains("no data rows"));
     }
 }

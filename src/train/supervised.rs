@@ -1,0 +1,124 @@
+//! The supervised train/eval loop papers configure instead of copying: minibatches by index from
+//! a seeded permutation, the paper's loss as a closure (it sees the batch's sample indices, so
+//! per-sample buffers — ELR's targets, PS-KD's past predictions — live in the paper), the
+//! per-epoch learning-rate schedule, and an evaluation every `eval_every` epochs that logs test
+//! accuracy, NLL, ECE (15 bins), AURC, training accuracy on the observed labels, and the
+//! memorisation of noisy labels.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, ModuleT};
+use tch::{Kind, Tensor};
+
+use crate::context::RunCtx;
+use crate::data::Data;
+use crate::losses::classify::accuracy;
+use crate::losses::metrics::{aurc, ece, memorisation, nll, top_k_accuracy};
+use crate::train::optim::OptimConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub epochs: u64,
+    pub batch_size: usize,
+    pub eval_every: u64,
+    pub optim: OptimConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig { epochs: 100, batch_size: 128, eval_every: 5, optim: OptimConfig::default() }
+    }
+}
+
+impl TrainConfig {
+    pub fn check(&self) -> Result<()> {
+        if self.epochs == 0 || self.batch_size == 0 || self.eval_every == 0 {
+            bail!("`train.epochs`, `train.batch_size` and `train.eval_every` must be at least 1");
+        }
+        self.optim.check()
+    }
+}
+
+/// What one minibatch gives the paper's loss.
+pub struct Batch<'a> {
+    /// Indices into the training split.
+    pub idx: &'a Tensor,
+    /// Observed (possibly noisy) labels of the batch.
+    pub y: &'a Tensor,
+    pub epoch: u64,
+}
+
+/// Logits of `model` on `x` in evaluation mode, in chunks, without gradients.
+pub fn predict<M: ModuleT>(model: &M, x: &Tensor) -> Tensor {
+    tch::no_grad(|| {
+        let n = x.size()[0];
+        let chunks: Vec<Tensor> = (0..n).step_by(2048).map(|s| model.forward_t(&x.narrow(0, s, (n - s).min(2048)), false)).collect();
+        Tensor::cat(&chunks, 0)
+    })
+}
+
+/// Evaluation metrics of a model on the test split (and the training split's observed labels).
+pub fn evaluate<M: ModuleT>(model: &M, data: &Data) -> Vec<(&'static str, f64)> {
+    let test_logits = predict(model, &data.test.x);
+    let train_logits = predict(model, &data.train.x);
+    let (memorised, noisy_true) = memorisation(&train_logits, &data.train.y, &data.train.y_true);
+    let mut out = vec![
+        ("test_acc", accuracy(&test_logits, &data.test.y)),
+        ("test_nll", nll(&test_logits, &data.test.y)),
+        ("test_ece", ece(&test_logits, &data.test.y, 15)),
+        ("test_aurc", aurc(&test_logits, &data.test.y)),
+        ("train_acc", accuracy(&train_logits, &data.train.y)),
+        ("memorised", memorised),
+        ("noisy_predicted_true", noisy_true),
+    ];
+    if data.classes > 5 {
+        out.push(("test_top5", top_k_accuracy(&test_logits, &data.test.y, 5)));
+    }
+    out
+}
+
+/// Trains `model` (its parameters in `vs`) on `data.train` with `loss`, evaluating every
+/// `eval_every` epochs and at the end. Logs `train_loss` (mean over the epoch's batches) and
+/// the evaluation metrics; sets `best_test_acc` and `test_acc_drop` (best − final) as finals.
+pub fn fit<M: ModuleT>(
+    model: &M,
+    vs: &nn::VarStore,
+    data: &Data,
+    cfg: &TrainConfig,
+    ctx: &mut RunCtx,
+    mut loss: impl FnMut(&Tensor, &Batch) -> Result<Tensor>,
+) -> Result<()> {
+    let mut opt = cfg.optim.build(vs)?;
+    let mut best: f64 = 0.0;
+    let mut last_acc = 0.0;
+    for epoch in 0..cfg.epochs {
+        opt.set_lr(cfg.optim.lr_at(epoch, cfg.epochs));
+        let batches = data.train.batches(cfg.batch_size, ctx.rng());
+        let mut total = 0.0;
+        for idx in &batches {
+            let (x, y) = (data.train.x.index_select(0, idx), data.train.y.index_select(0, idx));
+            let logits = model.forward_t(&x, true);
+            let l = loss(&logits, &Batch { idx, y: &y, epoch })?;
+            opt.backward_step(&l);
+            total += f64::try_from(l.detach())?;
+        }
+        let step = epoch + 1;
+        if step % cfg.eval_every == 0 || step == cfg.epochs {
+            let mut metrics = vec![("train_loss", total / batches.len().max(1) as f64), ("lr", cfg.optim.lr_at(epoch, cfg.epochs))];
+            metrics.extend(evaluate(model, data));
+            last_acc = metrics.iter().find(|(k, _)| *k == "test_acc").map_or(0.0, |(_, v)| *v);
+            best = best.max(last_acc);
+            ctx.log_all(step, &metrics)?;
+        }
+        ctx.tick(step, cfg.epochs)?;
+    }
+    ctx.set_final("best_test_acc", best)?;
+    ctx.set_final("test_acc_drop", best - last_acc)?;
+    Ok(())
+}
+
+/// Mean cross-entropy of logits against (soft) target distributions [N, C].
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
+    -(targets * logits.log_softmax(-1, Kind::Float)).sum_dim_intlist([-1].as_slice(), false, Kind::Float).mean(Kind::Float)
+}
