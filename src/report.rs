@@ -297,8 +297,9 @@ fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMa
     {
         let margin = claim.margin.unwrap_or(0.0);
         let op = if higher { ">" } else { "<" };
-        let sign = if higher { "+" } else { "−" };
-        let margin_text = if margin != 0.0 { format!(" {sign} {}", fmt_num(margin)) } else { String::new() };
+        // A − B > m reads "A > B + m"; B − A > m reads "A < B − m" (negative m flips the sign).
+        let plus = higher == (margin > 0.0);
+        let margin_text = if margin != 0.0 { format!(" {} {}", if plus { "+" } else { "−" }, fmt_num(margin.abs())) } else { String::new() };
         let text = format!("`{m}`: {subject} {op} {than}{margin_text}{note}");
         return match (group_mean(stats, planned, subject, m), group_mean(stats, planned, than, m)) {
             (Ok(a), Ok(b)) => {

@@ -87,6 +87,62 @@ impl Default for Domains {
     }
 }
 
+/// Training-time augmentation of image batches (applied by the training loop, never to test data).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augment {
+    /// Random translation by up to this many pixels in each direction (zero padding, then a
+    /// crop back to size: RandomCrop(size, padding = shift)).
+    pub shift: i64,
+    /// Random horizontal flips (p = 1/2).
+    pub hflip: bool,
+}
+
+impl Augment {
+    pub fn is_none(&self) -> bool {
+        self.shift == 0 && !self.hflip
+    }
+
+    /// Augments a batch whose samples have `image_shape` [C, H, W] (flattened or not); every
+    /// random choice comes from `rng`.
+    pub fn apply(&self, x: &Tensor, image_shape: &[i64], rng: &mut Rng) -> Tensor {
+        if self.is_none() || image_shape.len() != 3 {
+            return x.shallow_clone();
+        }
+        let n = x.size()[0];
+        let flat_shape = x.size();
+        let mut shape = vec![n];
+        shape.extend(image_shape);
+        let mut img = x.view(shape.as_slice());
+        if self.hflip {
+            let flips: Vec<bool> = (0..n).map(|_| rng.uniform() < 0.5).collect();
+            let mask = Tensor::from_slice(&flips).to_device(x.device()).view([n, 1, 1, 1]);
+            img = img.flip([3].as_slice()).where_self(&mask, &img);
+        }
+        if self.shift > 0 {
+            let s = self.shift;
+            let (h, w) = (image_shape[1], image_shape[2]);
+            let padded = img.constant_pad_nd([s, s, s, s].as_slice());
+            let offsets: Vec<(i64, i64)> = (0..n).map(|_| (rng.below(2 * s as u64 + 1) as i64, rng.below(2 * s as u64 + 1) as i64)).collect();
+            let mut out = img.zeros_like();
+            // One crop per distinct offset, applied to the samples that drew it.
+            for dy in 0..=2 * s {
+                for dx in 0..=2 * s {
+                    let members: Vec<i64> = offsets.iter().enumerate().filter(|(_, o)| **o == (dy, dx)).map(|(i, _)| i as i64).collect();
+                    if members.is_empty() {
+                        continue;
+                    }
+                    let idx = Tensor::from_slice(&members).to_device(x.device());
+                    let crop = padded.index_select(0, &idx).narrow(2, dy, h).narrow(3, dx, w);
+                    let _ = out.index_copy_(0, &idx, &crop);
+                }
+            }
+            img = out;
+        }
+        img.view(flat_shape.as_slice())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
@@ -116,6 +172,8 @@ pub struct DataConfig {
     pub domains: Domains,
     /// Group the training set into bags of this many samples (0: no bags).
     pub bag_size: usize,
+    /// Training-time augmentation (random shifts, flips) applied by the training loop.
+    pub augment: Augment,
 }
 
 impl Default for DataConfig {
@@ -136,6 +194,7 @@ impl Default for DataConfig {
             label_noise: LabelNoise::default(),
             domains: Domains::default(),
             bag_size: 0,
+            augment: Augment::default(),
         }
     }
 }
@@ -190,6 +249,9 @@ pub struct Data {
     pub classes: i64,
     /// Shape of one sample as the model sees it.
     pub sample_shape: Vec<i64>,
+    /// Shape of one sample before flattening ([C, H, W] for images).
+    pub image_shape: Vec<i64>,
+    pub augment: Augment,
     /// Fraction of training labels that differ from the truth after noise.
     pub realised_noise_rate: f64,
     pub bags: Option<Bags>,
@@ -338,6 +400,7 @@ impl DataConfig {
                 (f(train_x.shallow_clone()), val.map(|(vx, vy)| (f(vx), vy)), f(test_x))
             }
         };
+        let image_shape = train_x.size()[1..].to_vec();
         let flat = |t: Tensor| if self.flatten { t.flatten(1, -1) } else { t };
         let (train_x, test_x) = (flat(train_x), flat(test_x));
         let val = val.map(|(vx, vy)| (flat(vx), vy));
@@ -362,6 +425,8 @@ impl DataConfig {
             test: Split { x: to(test_x), y: to(test_y.shallow_clone()), y_true: to(test_y), domain: to(Tensor::full([n_test], n_dom, (Kind::Int64, Device::Cpu))) },
             classes,
             sample_shape,
+            image_shape,
+            augment: self.augment.clone(),
             realised_noise_rate: realised,
             bags: bags.map(|b| Bags { members: to(b.members), proportions: to(b.proportions) }),
         })
@@ -660,6 +725,34 @@ mod tests {
         assert!(bool::try_from(agree.logical_and(&in0).sum(Kind::Int64).eq(160)).unwrap());
         assert!(bool::try_from(agree.logical_and(&in0.logical_not()).sum(Kind::Int64).eq(0)).unwrap());
         assert!(bool::try_from(d.test.domain.eq(2).all()).unwrap(), "the test set is its own environment");
+    }
+
+    #[test]
+    fn augmentation_shifts_and_flips_whole_images() {
+        let x = Tensor::arange(2 * 9, (Kind::Float, Device::Cpu)).view([2, 1, 3, 3]) + 1.0;
+        // A shift keeps every pixel value or zero-fills; the pixel sum can only drop.
+        let aug = Augment { shift: 1, hflip: false };
+        let out = aug.apply(&x.flatten(1, -1), &[1, 3, 3], &mut Rng::new(4)).view([2, 1, 3, 3]);
+        for i in 0..2 {
+            let (a, b) = (out.get(i), x.get(i));
+            let kept = Vec::<f32>::try_from(a.flatten(0, -1)).unwrap();
+            let orig = Vec::<f32>::try_from(b.flatten(0, -1)).unwrap();
+            assert!(kept.iter().all(|v| *v == 0.0 || orig.contains(v)));
+        }
+        // Over many draws every offset appears, including the identity.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut rng = Rng::new(5);
+        for _ in 0..60 {
+            let o = aug.apply(&x, &[1, 3, 3], &mut rng);
+            seen.insert(f64::try_from(o.get(0).sum(Kind::Double)).unwrap() as i64);
+        }
+        assert!(seen.contains(&45) && seen.len() >= 5, "{seen:?}");
+        // A flip twice is the identity; the no-op config returns the batch unchanged.
+        let flip = Augment { shift: 0, hflip: true };
+        let once = flip.apply(&x, &[1, 3, 3], &mut Rng::new(1));
+        let twice = flip.apply(&once, &[1, 3, 3], &mut Rng::new(1));
+        assert!(bool::try_from(twice.eq_tensor(&x).all()).unwrap());
+        assert!(bool::try_from(Augment::default().apply(&x, &[1, 3, 3], &mut Rng::new(0)).eq_tensor(&x).all()).unwrap());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::data::DataConfig;
 use crate::params;
 
 pub mod elr;
+pub mod ps_kd;
 pub mod sparse_ot;
 pub mod stablemax_grokking;
 
@@ -97,6 +98,7 @@ pub fn entry<P: Paper>() -> Entry {
 pub fn registry() -> Vec<Entry> {
     vec![
         entry::<elr::Elr>(),
+        entry::<ps_kd::PsKd>(),
         entry::<sparse_ot::SparseOt>(),
         entry::<stablemax_grokking::StablemaxGrokking>(),
     ]

@@ -1,6 +1,7 @@
 //! The supervised train/eval loop papers configure instead of copying: minibatches by index from
 //! a seeded permutation, the paper's loss as a closure (it sees the batch's sample indices, so
 //! per-sample buffers — ELR's targets, PS-KD's past predictions — live in the paper), the
+//! data block's training augmentation,
 //! per-epoch learning-rate schedule, and an evaluation every `eval_every` epochs that logs test
 //! accuracy, NLL, ECE (15 bins), AURC, training accuracy on the observed labels, and the
 //! memorisation of noisy labels.
@@ -98,6 +99,7 @@ pub fn fit<M: ModuleT>(
         let mut total = 0.0;
         for idx in &batches {
             let (x, y) = (data.train.x.index_select(0, idx), data.train.y.index_select(0, idx));
+            let x = data.augment.apply(&x, &data.image_shape, ctx.rng());
             let logits = model.forward_t(&x, true);
             let l = loss(&logits, &Batch { idx, y: &y, epoch })?;
             opt.backward_step(&l);
