@@ -146,7 +146,7 @@ impl Augment {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
-    /// digits | fashion_mnist | mnist | cifar10 | csv
+    /// digits | fashion_mnist | mnist | cifar10 | cifar100 | csv
     pub name: String,
     /// For `csv`: the file.
     pub path: String,
@@ -270,7 +270,7 @@ impl Data {
 impl DataConfig {
     /// Range and combination checks, naming the key (`data.<key>`).
     pub fn check(&self) -> Result<()> {
-        let known = ["digits", "fashion_mnist", "mnist", "cifar10", "csv"];
+        let known = ["digits", "fashion_mnist", "mnist", "cifar10", "cifar100", "csv"];
         if !known.contains(&self.name.as_str()) {
             bail!("`data.name`: unknown dataset `{}`; classification datasets: {}", self.name, known.join(", "));
         }

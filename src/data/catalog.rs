@@ -92,6 +92,16 @@ pub const CIFAR10: DatasetInfo = DatasetInfo {
     bundled: false,
 };
 
+pub const CIFAR100: DatasetInfo = DatasetInfo {
+    name: "cifar100",
+    what: "60000 32×32 colour images, 100 fine classes (50000 train + 10000 test), binary version",
+    licence: "no licence stated (A. Krizhevsky, 2009); cite the tech report",
+    base_url: "https://www.cs.toronto.edu/~kriz/",
+    file_sets: &[&[DataFile { name: "cifar-100-binary.tar.gz", sha256: "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec" }]],
+    offline: "not available from the package registries: `reglab data fetch cifar100` where there is internet",
+    bundled: false,
+};
+
 pub const MOVIELENS_100K: DatasetInfo = DatasetInfo {
     name: "movielens_100k",
     what: "100000 ratings (1–5) of 1682 movies by 943 users",
@@ -106,7 +116,7 @@ pub const MOVIELENS_100K: DatasetInfo = DatasetInfo {
 };
 
 /// Every dataset with files. (`csv` reads a user's own file and is not listed here.)
-pub const ALL: &[DatasetInfo] = &[DIGITS, FASHION_MNIST, MNIST, CIFAR10, MOVIELENS_100K];
+pub const ALL: &[DatasetInfo] = &[DIGITS, FASHION_MNIST, MNIST, CIFAR10, CIFAR100, MOVIELENS_100K];
 
 /// Looks a dataset up; the error lists the known names.
 pub fn find(name: &str) -> anyhow::Result<&'static DatasetInfo> {

@@ -50,6 +50,7 @@ pub fn load_named(name: &str, dir: &Path) -> Result<Raw> {
             })
         }
         "cifar10" => load_cifar_archive(&base.join("cifar-10-binary.tar.gz")),
+        "cifar100" => load_cifar100_archive(&base.join("cifar-100-binary.tar.gz")),
         "movielens_100k" => bail!("`movielens_100k` holds ratings, not labelled samples; papers read it with data::load_ratings"),
         other => bail!("no loader for dataset `{other}`"),
     }
@@ -90,6 +91,28 @@ pub fn load_cifar_archive(path: &Path) -> Result<Raw> {
         classes: 10,
         max_value: 255.0,
     })
+}
+
+/// Reads `train.bin` and `test.bin` (fine labels) out of `cifar-100-binary.tar.gz`.
+pub fn load_cifar100_archive(path: &Path) -> Result<Raw> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let (mut train, mut test) = (None, None);
+    for entry in archive.entries().with_context(|| format!("{} is not a tar.gz archive", path.display()))? {
+        let mut entry = entry?;
+        let name = entry.path()?.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let slot = match name.as_str() {
+            "train.bin" => &mut train,
+            "test.bin" => &mut test,
+            _ => continue,
+        };
+        let mut bytes = vec![];
+        entry.read_to_end(&mut bytes)?;
+        *slot = Some(cifar::parse_cifar100(&bytes).map_err(|e| anyhow!("{}: {name}: {e}", path.display()))?);
+    }
+    let (train_x, train_y) = train.ok_or_else(|| anyhow!("{}: train.bin missing", path.display()))?;
+    let (test_x, test_y) = test.ok_or_else(|| anyhow!("{}: test.bin missing", path.display()))?;
+    Ok(Raw { train_x: train_x.to_kind(Kind::Float), train_y, test: Some((test_x.to_kind(Kind::Float), test_y)), classes: 100, max_value: 255.0 })
 }
 
 /// MovieLens-100k ratings from `ml-100k.zip` (its `u.data`) or RecBole's `ml-100k.inter`.

@@ -23,7 +23,7 @@ use tch::{Kind, Tensor};
 use crate::context::RunCtx;
 use crate::data::block::{LabelNoise, NoiseKind, Normalize};
 use crate::data::DataConfig;
-use crate::models::Mlp;
+use crate::models::{ModelConfig, ModelKind};
 use crate::train::optim::{OptimConfig, OptimKind, ScheduleKind};
 use crate::train::supervised::{fit, TrainConfig};
 
@@ -44,8 +44,7 @@ pub enum Loss {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub data: DataConfig,
-    /// Hidden widths of the ReLU MLP.
-    pub hidden: Vec<i64>,
+    pub model: ModelConfig,
     pub train: TrainConfig,
     pub loss: Loss,
     /// Temporal-ensembling momentum of the targets.
@@ -67,7 +66,7 @@ impl Default for Config {
                 label_noise: LabelNoise { kind: NoiseKind::Uniform, rate: 0.4, map: vec![] },
                 ..DataConfig::default()
             },
-            hidden: vec![256, 256],
+            model: ModelConfig { kind: ModelKind::Mlp, hidden: vec![256, 256], bias: true },
             train: TrainConfig {
                 epochs: 150,
                 batch_size: 128,
@@ -145,18 +144,12 @@ impl super::Paper for Elr {
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
         let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
         data.record(ctx)?;
-        if data.sample_shape.len() != 1 {
-            bail!("`data.flatten` must be true: this paper's model is an MLP");
-        }
         tch::manual_seed(ctx.seed as i64);
         let vs = nn::VarStore::new(ctx.device);
-        let mut widths = vec![data.sample_shape[0]];
-        widths.extend(&cfg.hidden);
-        widths.push(data.classes);
-        let model = Mlp::new(&vs.root(), &widths, true);
+        let model = cfg.model.build(&vs.root(), &data.sample_shape, data.classes)?;
         let mut targets = ElrTargets::new(data.train.len(), data.classes, cfg.beta, ctx.device);
         let (loss_kind, lambda, q) = (cfg.loss, cfg.lambda, cfg.gce_q);
-        fit(&model, &vs, &data, &cfg.train, ctx, |logits, batch| {
+        fit(model.as_ref(), &vs, &data, &cfg.train, ctx, |logits, batch| {
             Ok(match loss_kind {
                 Loss::Ce => logits.cross_entropy_for_logits(batch.y),
                 Loss::Elr => logits.cross_entropy_for_logits(batch.y) + targets.regulariser(logits, batch.idx) * lambda,

@@ -23,7 +23,7 @@ use crate::context::RunCtx;
 use crate::data::block::Normalize;
 use crate::data::DataConfig;
 use crate::losses::metrics::ece;
-use crate::models::Mlp;
+use crate::models::{ModelConfig, ModelKind};
 use crate::train::optim::{OptimConfig, OptimKind, ScheduleKind};
 use crate::train::supervised::{fit, predict, soft_cross_entropy, TrainConfig};
 
@@ -42,7 +42,7 @@ pub enum Loss {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub data: DataConfig,
-    pub hidden: Vec<i64>,
+    pub model: ModelConfig,
     pub train: TrainConfig,
     pub loss: Loss,
     /// α_T, the final weight of the model's own past predictions.
@@ -55,7 +55,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data: DataConfig { name: "digits".into(), test_fraction: 0.665, train_size: Some(600), normalize: Normalize::Unit, flatten: true, ..DataConfig::default() },
-            hidden: vec![512, 512],
+            model: ModelConfig { kind: ModelKind::Mlp, hidden: vec![512, 512], bias: true },
             train: TrainConfig {
                 epochs: 100,
                 batch_size: 64,
@@ -133,18 +133,12 @@ impl super::Paper for PsKd {
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
         let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
         data.record(ctx)?;
-        if data.sample_shape.len() != 1 {
-            bail!("`data.flatten` must be true: this paper's model is an MLP");
-        }
         tch::manual_seed(ctx.seed as i64);
         let vs = nn::VarStore::new(ctx.device);
-        let mut widths = vec![data.sample_shape[0]];
-        widths.extend(&cfg.hidden);
-        widths.push(data.classes);
-        let model = Mlp::new(&vs.root(), &widths, true);
+        let model = cfg.model.build(&vs.root(), &data.sample_shape, data.classes)?;
         let mut past = PastPredictions::new(data.train.len(), data.classes, cfg.alpha_t, cfg.train.epochs, ctx.device);
         let (kind, eps, classes) = (cfg.loss, cfg.smoothing, data.classes);
-        fit(&model, &vs, &data, &cfg.train, ctx, |logits, batch| {
+        fit(model.as_ref(), &vs, &data, &cfg.train, ctx, |logits, batch| {
             Ok(match kind {
                 Loss::Ce => logits.cross_entropy_for_logits(batch.y),
                 Loss::LabelSmoothing => {
@@ -154,7 +148,7 @@ impl super::Paper for PsKd {
                 Loss::PsKd => past.loss(logits, batch.y, batch.idx, batch.epoch),
             })
         })?;
-        let logits = predict(&model, &data.test.x);
+        let logits = predict(model.as_ref(), &data.test.x);
         ctx.set_final("test_ece10", ece(&logits, &data.test.y, 10))
     }
 }

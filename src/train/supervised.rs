@@ -51,7 +51,7 @@ pub struct Batch<'a> {
 }
 
 /// Logits of `model` on `x` in evaluation mode, in chunks, without gradients.
-pub fn predict<M: ModuleT>(model: &M, x: &Tensor) -> Tensor {
+pub fn predict<M: ModuleT + ?Sized>(model: &M, x: &Tensor) -> Tensor {
     tch::no_grad(|| {
         let n = x.size()[0];
         let chunks: Vec<Tensor> = (0..n).step_by(2048).map(|s| model.forward_t(&x.narrow(0, s, (n - s).min(2048)), false)).collect();
@@ -60,7 +60,7 @@ pub fn predict<M: ModuleT>(model: &M, x: &Tensor) -> Tensor {
 }
 
 /// Evaluation metrics of a model on the test split (and the training split's observed labels).
-pub fn evaluate<M: ModuleT>(model: &M, data: &Data) -> Vec<(&'static str, f64)> {
+pub fn evaluate<M: ModuleT + ?Sized>(model: &M, data: &Data) -> Vec<(&'static str, f64)> {
     let test_logits = predict(model, &data.test.x);
     let train_logits = predict(model, &data.train.x);
     let (memorised, noisy_true) = memorisation(&train_logits, &data.train.y, &data.train.y_true);
@@ -82,7 +82,7 @@ pub fn evaluate<M: ModuleT>(model: &M, data: &Data) -> Vec<(&'static str, f64)> 
 /// Trains `model` (its parameters in `vs`) on `data.train` with `loss`, evaluating every
 /// `eval_every` epochs and at the end. Logs `train_loss` (mean over the epoch's batches) and
 /// the evaluation metrics; sets `best_test_acc` and `test_acc_drop` (best − final) as finals.
-pub fn fit<M: ModuleT>(
+pub fn fit<M: ModuleT + ?Sized>(
     model: &M,
     vs: &nn::VarStore,
     data: &Data,

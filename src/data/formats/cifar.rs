@@ -1,5 +1,6 @@
-//! CIFAR-10's binary batches: records of 1 label byte followed by 3072 pixel bytes
-//! (1024 red, 1024 green, 1024 blue, each 32×32 row-major).
+//! CIFAR's binary batches: CIFAR-10 records are 1 label byte then 3072 pixel bytes (1024 red,
+//! 1024 green, 1024 blue, each 32×32 row-major); CIFAR-100 records have two label bytes (coarse,
+//! then fine) before the same pixels.
 
 use std::path::Path;
 
@@ -15,18 +16,29 @@ pub fn read_cifar_batch(path: &Path) -> Result<(Tensor, Tensor)> {
 }
 
 pub fn parse_cifar_batch(bytes: &[u8]) -> Result<(Tensor, Tensor)> {
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
-        bail!("{} bytes is not a whole number of CIFAR-10 records ({RECORD} bytes each)", bytes.len());
+    parse_records(bytes, 1, 0, 10)
+}
+
+/// CIFAR-100 records: the fine label (100 classes).
+pub fn parse_cifar100(bytes: &[u8]) -> Result<(Tensor, Tensor)> {
+    parse_records(bytes, 2, 1, 100)
+}
+
+/// Records of `label_bytes` label bytes then 3072 pixels; the label used is byte `which`.
+fn parse_records(bytes: &[u8], label_bytes: usize, which: usize, classes: u8) -> Result<(Tensor, Tensor)> {
+    let record = label_bytes + RECORD - 1;
+    if bytes.is_empty() || bytes.len() % record != 0 {
+        bail!("{} bytes is not a whole number of CIFAR records ({record} bytes each)", bytes.len());
     }
-    let n = bytes.len() / RECORD;
+    let n = bytes.len() / record;
     let mut labels = Vec::with_capacity(n);
     let mut pixels = Vec::with_capacity(n * (RECORD - 1));
-    for rec in bytes.chunks_exact(RECORD) {
-        if rec[0] > 9 {
-            bail!("label byte {} is not a CIFAR-10 class (0..9)", rec[0]);
+    for rec in bytes.chunks_exact(record) {
+        if rec[which] >= classes {
+            bail!("label byte {} is not a class (0..{})", rec[which], classes - 1);
         }
-        labels.push(rec[0] as i64);
-        pixels.extend_from_slice(&rec[1..]);
+        labels.push(rec[which] as i64);
+        pixels.extend_from_slice(&rec[label_bytes..]);
     }
     let images = Tensor::from_slice(&pixels).view([n as i64, 3, 32, 32]).to_kind(Kind::Uint8);
     Ok((images, Tensor::from_slice(&labels)))
@@ -54,5 +66,10 @@ mod tests {
         assert_eq!(x.int64_value(&[1, 1, 0, 2]), 222);
         assert_eq!(x.int64_value(&[0, 2, 1, 0]), 10 + 40 + (32 % 5));
         assert!(parse_cifar_batch(&bytes[..100]).is_err());
+        // CIFAR-100: coarse byte, fine byte, pixels; the fine label is used.
+        let mut rec100 = vec![4u8, 73];
+        rec100.extend(std::iter::repeat(9u8).take(3072));
+        let (x, y) = parse_cifar100(&rec100).unwrap();
+        assert_eq!((x.size(), Vec::<i64>::try_from(&y).unwrap()), (vec![1, 3, 32, 32], vec![73]));
     }
 }
