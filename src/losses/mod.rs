@@ -2,4 +2,5 @@
 
 pub mod classify;
 pub mod metrics;
+pub mod spherical;
 pub mod stablemax;

@@ -17,6 +17,7 @@ pub mod elr;
 pub mod ps_kd;
 pub mod sparse_ot;
 pub mod stablemax_grokking;
+pub mod z_loss;
 
 /// What a paper module provides.
 pub trait Paper {
@@ -101,6 +102,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<ps_kd::PsKd>(),
         entry::<sparse_ot::SparseOt>(),
         entry::<stablemax_grokking::StablemaxGrokking>(),
+        entry::<z_loss::ZLoss>(),
     ]
 }
 
