@@ -14,9 +14,12 @@ use crate::data::DataConfig;
 use crate::params;
 
 pub mod elr;
+pub mod ensloss;
+pub mod nested_coteaching;
 pub mod ps_kd;
 pub mod sparse_ot;
 pub mod stablemax_grokking;
+pub mod weight_compander;
 pub mod z_loss;
 
 /// What a paper module provides.
@@ -99,9 +102,12 @@ pub fn entry<P: Paper>() -> Entry {
 pub fn registry() -> Vec<Entry> {
     vec![
         entry::<elr::Elr>(),
+        entry::<ensloss::EnsLoss>(),
+        entry::<nested_coteaching::NestedCoteaching>(),
         entry::<ps_kd::PsKd>(),
         entry::<sparse_ot::SparseOt>(),
         entry::<stablemax_grokking::StablemaxGrokking>(),
+        entry::<weight_compander::WeightCompander>(),
         entry::<z_loss::ZLoss>(),
     ]
 }
