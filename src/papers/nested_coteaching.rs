@@ -19,7 +19,8 @@
 //! reported accuracy is the two networks' averaged logits at a K re-selected on validation each
 //! epoch, taken at the best validation epoch. Co-teaching from scratch follows Han et al. 2018
 //! (both networks rank the whole batch; τ_t = τ·min(t/T_k, 1)); the official repo only has it
-//! for Clothing1M. `test_acc_last`/`test_acc_drop` (last epoch vs best) are our additions.
+//! for Clothing1M. Stage 2 starts from each stage-1 network's best-validation checkpoint.
+//! `test_acc_last`/`test_acc_drop` (last epoch vs best) are our additions.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -205,7 +206,8 @@ fn accuracy_at(nets: &[&Net], x: &Tensor, y: &Tensor, k: Option<i64>) -> f64 {
     })
 }
 
-/// Tracks model selection on validation and the test accuracy at the selected epoch.
+/// Tracks model selection on validation and the test accuracy at the selected epoch, and keeps
+/// a copy of the selected weights (stage 2 starts from the stage-1 networks' best checkpoints).
 #[derive(Default)]
 struct Selection {
     best_val: f64,
@@ -213,11 +215,28 @@ struct Selection {
     k_at_best_val: i64,
     best_test: f64,
     last_test: f64,
+    checkpoint: Vec<(String, Tensor)>,
+}
+
+fn snapshot(net: &Net) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = net.vs.variables().into_iter().map(|(k, t)| (k, t.detach().copy())).collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn restore(net: &Net, saved: &[(String, Tensor)]) {
+    let vars = net.vs.variables();
+    tch::no_grad(|| {
+        for (name, t) in saved {
+            let mut dst = vars[name].shallow_clone();
+            dst.copy_(t);
+        }
+    });
 }
 
 impl NestedCoteaching {
     /// Validation/test evaluation of `nets` (their averaged logits) after an epoch.
-    fn evaluate(cfg: &Config, nets: &[&Net], data: &Data, sel: &mut Selection, step: u64, ctx: &mut RunCtx) -> Result<()> {
+    fn evaluate(cfg: &Config, nets: &[&Net], data: &Data, sel: &mut Selection, step: u64, ctx: &mut RunCtx, log: bool) -> Result<()> {
         let val = data.val.as_ref().expect("validation split");
         let nested = matches!(cfg.method, Method::Nested | Method::NestedCoteaching);
         let (k, val_score) = if nested {
@@ -231,9 +250,15 @@ impl NestedCoteaching {
             sel.best_val = val_score;
             sel.test_at_best_val = test;
             sel.k_at_best_val = k.unwrap_or(0);
+            if nets.len() == 1 {
+                sel.checkpoint = snapshot(nets[0]);
+            }
         }
         sel.best_test = sel.best_test.max(test);
         sel.last_test = test;
+        if !log {
+            return Ok(());
+        }
         let train = accuracy_at(nets, &data.train.x, &data.train.y, k);
         ctx.log_all(step, &[("val_score", val_score), ("test_acc_epoch", test), ("train_acc", train), ("k", k.unwrap_or(0) as f64)])
     }
@@ -274,9 +299,7 @@ impl NestedCoteaching {
                 }
             }
             let refs: Vec<&Net> = nets.iter().collect();
-            if log {
-                Self::evaluate(cfg, &refs, data, sel, epoch + 1, ctx)?;
-            }
+            Self::evaluate(cfg, &refs, data, sel, epoch + 1, ctx, log)?;
             ctx.tick(epoch + 1, total)?;
         }
         Ok(())
@@ -313,7 +336,7 @@ impl NestedCoteaching {
                 }
             }
             let refs: Vec<&Net> = nets.iter().collect();
-            Self::evaluate(cfg, &refs, data, sel, cfg.epochs + epoch + 1, ctx)?;
+            Self::evaluate(cfg, &refs, data, sel, cfg.epochs + epoch + 1, ctx, true)?;
             ctx.tick(cfg.epochs + epoch + 1, cfg.epochs + cfg.finetune_epochs)?;
         }
         Ok(())
@@ -364,15 +387,18 @@ impl super::Paper for NestedCoteaching {
                 Self::train_from_scratch(cfg, &data, &nets, ctx, &mut sel, true)?;
             }
             Method::NestedCoteaching => {
-                // Stage 1: two nested networks from different seeds (not logged as the result).
-                let mut stage1 = Selection { best_val: f64::NEG_INFINITY, ..Default::default() };
-                let a = [make(ctx.seed)];
-                Self::train_from_scratch(cfg, &data, &a, ctx, &mut stage1, false)?;
-                let b = [make(ctx.seed + 1_000_003)];
-                Self::train_from_scratch(cfg, &data, &b, ctx, &mut stage1, false)?;
-                let [a] = a;
-                let [b] = b;
-                Self::finetune(cfg, &data, &[a, b], ctx, &mut sel)?;
+                // Stage 1: two nested networks from different seeds, each restored to its best
+                // validation checkpoint (not logged as the result).
+                let mut stage1 = vec![];
+                for seed in [ctx.seed, ctx.seed + 1_000_003] {
+                    let mut best = Selection { best_val: f64::NEG_INFINITY, ..Default::default() };
+                    let net = [make(seed)];
+                    Self::train_from_scratch(cfg, &data, &net, ctx, &mut best, false)?;
+                    let [net] = net;
+                    restore(&net, &best.checkpoint);
+                    stage1.push(net);
+                }
+                Self::finetune(cfg, &data, &stage1, ctx, &mut sel)?;
             }
         }
         ctx.set_final("test_acc", sel.test_at_best_val)?;
