@@ -15,6 +15,7 @@ pub mod params;
 pub mod provenance;
 pub mod reduce;
 pub mod report;
+pub mod robust;
 pub mod runner;
 pub mod spec;
 pub mod train;

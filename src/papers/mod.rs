@@ -13,6 +13,7 @@ use crate::context::RunCtx;
 use crate::data::DataConfig;
 use crate::params;
 
+pub mod comp_sum_losses;
 pub mod elr;
 pub mod ensloss;
 pub mod nested_coteaching;
@@ -101,6 +102,7 @@ pub fn entry<P: Paper>() -> Entry {
 /// Every paper, one line each.
 pub fn registry() -> Vec<Entry> {
     vec![
+        entry::<comp_sum_losses::CompSumLosses>(),
         entry::<elr::Elr>(),
         entry::<ensloss::EnsLoss>(),
         entry::<nested_coteaching::NestedCoteaching>(),

@@ -31,6 +31,7 @@ use crate::context::{Rng, RunCtx};
 use crate::data::block::{LabelNoise, NoiseKind, Normalize};
 use crate::data::{Data, DataConfig};
 use crate::models::Mlp;
+use crate::train::coteaching::{kept, small_loss};
 
 pub struct NestedCoteaching;
 
@@ -191,11 +192,6 @@ pub fn select_truncation(acc: &[f64]) -> (i64, f64) {
     (best.0 as i64 + 1, best.1)
 }
 
-/// Indices (into `losses`) of the `keep` smallest values.
-pub fn small_loss(losses: &Tensor, keep: i64) -> Tensor {
-    losses.argsort(0, false).narrow(0, 0, keep)
-}
-
 fn accuracy_at(nets: &[&Net], x: &Tensor, y: &Tensor, k: Option<i64>) -> f64 {
     tch::no_grad(|| {
         let mut logits = nets[0].logits(x, k, 0.0, false);
@@ -288,7 +284,7 @@ impl NestedCoteaching {
                 } else {
                     // Han et al. 2018: both rank the batch; each trains on its peer's small-loss set.
                     let tau = cfg.forget_rate * (epoch as f64 / cfg.ramp_epochs.max(1) as f64).min(1.0);
-                    let keep = (((1.0 - tau) * y.size()[0] as f64) as i64).max(1);
+                    let keep = kept(y.size()[0], tau);
                     let l0 = nets[0].logits(&x, k, 0.0, true).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0);
                     let l1 = nets[1].logits(&x, k, 0.0, true).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0);
                     let (s0, s1) = (small_loss(&l0.detach(), keep), small_loss(&l1.detach(), keep));
@@ -318,7 +314,6 @@ impl NestedCoteaching {
                 }
                 let k = Some(sample(&p, ctx.rng()));
                 let halves = [idx.narrow(0, 0, b / 2), idx.narrow(0, b / 2, b - b / 2)];
-                let keep = |n: i64| (((1.0 - tau) * n as f64) as i64).max(1);
                 // Each network ranks its own half without gradients; its peer trains on the pick.
                 let picks: Vec<Tensor> = nets
                     .iter()
@@ -326,7 +321,7 @@ impl NestedCoteaching {
                     .map(|(net, h)| {
                         let (x, y) = (data.train.x.index_select(0, h), data.train.y.index_select(0, h));
                         let l = tch::no_grad(|| net.logits(&x, k, 0.0, false).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0));
-                        h.index_select(0, &small_loss(&l, keep(h.size()[0])))
+                        h.index_select(0, &small_loss(&l, kept(h.size()[0], tau)))
                     })
                     .collect();
                 for (i, o) in opts.iter_mut().enumerate() {
@@ -448,10 +443,5 @@ mod tests {
     fn selection_rules() {
         // Equal accuracy: the smaller k wins; 0-based index 1 means 2 channels.
         assert_eq!(select_truncation(&[0.5, 0.9, 0.9, 0.7]).0, 2);
-        let l = Tensor::from_slice(&[0.5f32, 0.1, 2.0, 0.3, 0.2]);
-        let mut picked = Vec::<i64>::try_from(small_loss(&l, 3)).unwrap();
-        picked.sort();
-        assert_eq!(picked, vec![1, 3, 4]);
-        assert_eq!(small_loss(&l, 5).size(), vec![5]);
     }
 }

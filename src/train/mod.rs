@@ -1,5 +1,6 @@
 //! Training pieces shared by the papers: optimizer wrappers and schedules beyond tch's own.
 
+pub mod coteaching;
 pub mod lbfgs;
 pub mod optim;
 pub mod supervised;

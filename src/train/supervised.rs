@@ -43,6 +43,8 @@ impl TrainConfig {
 
 /// What one minibatch gives the paper's loss.
 pub struct Batch<'a> {
+    /// The (augmented) inputs the logits were computed from.
+    pub x: &'a Tensor,
     /// Indices into the training split.
     pub idx: &'a Tensor,
     /// Observed (possibly noisy) labels of the batch.
@@ -101,7 +103,7 @@ pub fn fit<M: ModuleT + ?Sized>(
             let (x, y) = (data.train.x.index_select(0, idx), data.train.y.index_select(0, idx));
             let x = data.augment.apply(&x, &data.image_shape, ctx.rng());
             let logits = model.forward_t(&x, true);
-            let l = loss(&logits, &Batch { idx, y: &y, epoch })?;
+            let l = loss(&logits, &Batch { x: &x, idx, y: &y, epoch })?;
             opt.backward_step(&l);
             total += f64::try_from(l.detach())?;
         }
