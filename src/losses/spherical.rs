@@ -14,7 +14,9 @@ pub const Z_EPS: f64 = 1e-12;
 /// μ = s/D and σ² = q/D − μ² (population variance).
 pub fn z_from_stats(o_c: &Tensor, s: &Tensor, q: &Tensor, d: i64) -> Tensor {
     let mu = s / d as f64;
-    let sigma = (q / d as f64 - mu.square()).clamp_min(0.0).sqrt();
+    // A 1e−24 floor inside the root keeps the gradient finite for constant outputs (the
+    // reference code's sqrt has an infinite derivative there); it changes no value above 1e−12.
+    let sigma = ((q / d as f64 - mu.square()).clamp_min(0.0) + 1e-24).sqrt();
     (o_c - mu) / (sigma + Z_EPS)
 }
 
@@ -119,6 +121,15 @@ mod tests {
             };
             assert!(((f(h) - f(-h)) / (2.0 * h) - closed[i]).abs() < 1e-7);
         }
+    }
+
+    #[test]
+    fn constant_outputs_give_a_finite_loss_and_gradient() {
+        let o = Tensor::full([2, 5], 0.7, (Kind::Double, Device::Cpu)).set_requires_grad(true);
+        let l = z_loss_per_sample(&o, &Tensor::from_slice(&[0i64, 3]), 1.0, 1.0).sum(Kind::Double);
+        l.backward();
+        assert!(f64::try_from(&l).unwrap().is_finite());
+        assert!(v(&o.grad()).iter().all(|g| g.is_finite()));
     }
 
     #[test]

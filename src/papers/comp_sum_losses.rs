@@ -146,7 +146,8 @@ impl super::Paper for CompSumLosses {
                     m.forward_t(&adv, true).cross_entropy_for_logits(b.y)
                 }
                 Method::Trades => {
-                    let clean = logits.detach();
+                    // The attack's reference: the clean output in eval mode, like the attack itself.
+                    let clean = tch::no_grad(|| m.forward_t(b.x, false));
                     let start = b.x + b.x.randn_like() * 0.001;
                     let adv = attack(b.x, &cfg.train_attack, Some(start), |xa| {
                         let q = m.forward_t(xa, false).log_softmax(-1, Kind::Float);
@@ -155,7 +156,7 @@ impl super::Paper for CompSumLosses {
                     logits.cross_entropy_for_logits(b.y) + kl_clean_adv(logits, &m.forward_t(&adv, true)) * cfg.trades_beta
                 }
                 Method::AdvCompSum => {
-                    let clean = logits.detach();
+                    let clean = tch::no_grad(|| m.forward_t(b.x, false));
                     let start = b.x + b.x.randn_like() * 0.001;
                     let adv = attack(b.x, &cfg.train_attack, Some(start), |xa| (m.forward_t(xa, false) - &clean).square().sum_dim_intlist([1].as_slice(), false, Kind::Float).sqrt());
                     let shift = (m.forward_t(&adv, true) - logits).square().sum_dim_intlist([1].as_slice(), false, Kind::Float).clamp_min(1e-12).sqrt();
@@ -186,14 +187,14 @@ mod tests {
         let p_y = v(&h.softmax(-1, Kind::Double).gather(1, &y.unsqueeze(1), false));
         let ce = v(&h.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0));
         let close = |a: &[f64], b: &[f64], tol: f64| a.iter().zip(b).all(|(x, y)| (x - y).abs() < tol);
-        assert!(close(&v(&comp_sum_per_sample(&h, &y, 1.0)), &ce, 1e-6));
+        assert!(close(&v(&comp_sum_per_sample(&h, &y, 1.0)), &ce, 1e-10));
         assert!(close(&v(&comp_sum_per_sample(&h, &y, 1.0 + 1e-5)), &ce, 1e-4), "continuous at τ = 1");
         let sum_exp: Vec<f64> = p_y.iter().map(|p| 1.0 / p - 1.0).collect();
-        assert!(close(&v(&comp_sum_per_sample(&h, &y, 0.0)), &sum_exp, 1e-4));
+        assert!(close(&v(&comp_sum_per_sample(&h, &y, 0.0)), &sum_exp, 1e-10));
         let mae: Vec<f64> = p_y.iter().map(|p| 1.0 - p).collect();
-        assert!(close(&v(&comp_sum_per_sample(&h, &y, 2.0)), &mae, 1e-6));
+        assert!(close(&v(&comp_sum_per_sample(&h, &y, 2.0)), &mae, 1e-10));
         let gce: Vec<f64> = p_y.iter().map(|p| (1.0 - p.sqrt()) / 0.5).collect();
-        assert!(close(&v(&comp_sum_per_sample(&h, &y, 1.5)), &gce, 1e-6));
+        assert!(close(&v(&comp_sum_per_sample(&h, &y, 1.5)), &gce, 1e-10));
         // Shift invariance, and bounded by 1/(τ − 1) for τ > 1.
         assert!(close(&v(&comp_sum_per_sample(&(&h + 3.0), &y, 0.5)), &v(&comp_sum_per_sample(&h, &y, 0.5)), 1e-5));
         assert!(v(&comp_sum_per_sample(&(&h * 50.0), &y, 3.0)).iter().all(|&l| l <= 0.5 + 1e-6));
@@ -201,15 +202,26 @@ mod tests {
 
     #[test]
     fn gradient_is_ce_gradient_scaled_by_p_y_to_tau_minus_one() {
-        let h = Tensor::randn([3, 4], (Kind::Double, Device::Cpu)).set_requires_grad(true);
         let y = Tensor::from_slice(&[1i64, 3, 0]);
-        let tau = 0.5;
-        let lp = h.log_softmax(-1, Kind::Double).gather(1, &y.unsqueeze(1), false).squeeze_dim(1);
-        let loss = (((lp * (tau - 1.0)).exp() - 1.0) / (1.0 - tau)).sum(Kind::Double);
-        loss.backward();
-        let p = h.detach().softmax(-1, Kind::Double);
-        let p_y = p.gather(1, &y.unsqueeze(1), false);
-        let expected = p_y.pow_tensor_scalar(tau - 1.0) * (&p - y.one_hot(4).to_kind(Kind::Double));
-        assert!(v(&(h.grad() - expected)).iter().all(|d| d.abs() < 1e-12));
+        for tau in [0.0, 0.5, 1.0, 1.5, 2.0] {
+            let h = Tensor::randn([3, 4], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+            comp_sum_per_sample(&h, &y, tau).sum(Kind::Double).backward();
+            let p = h.detach().softmax(-1, Kind::Double);
+            let p_y = p.gather(1, &y.unsqueeze(1), false);
+            let expected = p_y.pow_tensor_scalar(tau - 1.0) * (&p - y.one_hot(4).to_kind(Kind::Double));
+            let grad = v(&h.grad());
+            assert!(grad.iter().zip(v(&expected)).all(|(a, b)| (a - b).abs() < 1e-10), "τ = {tau}");
+            // Finite differences on the function itself.
+            let base = v(&h.detach());
+            for i in [0usize, 5, 11] {
+                let f = |d: f64| {
+                    let mut w = base.clone();
+                    w[i] += d;
+                    f64::try_from(comp_sum_per_sample(&Tensor::from_slice(&w).view([3, 4]), &y, tau).sum(Kind::Double)).unwrap()
+                };
+                let fd = (f(1e-6) - f(-1e-6)) / 2e-6;
+                assert!((fd - grad[i]).abs() < 1e-6 * grad[i].abs().max(1.0), "τ = {tau}, coord {i}: {fd} vs {}", grad[i]);
+            }
+        }
     }
 }

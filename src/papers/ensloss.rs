@@ -112,6 +112,15 @@ fn normal(rng: &mut Rng) -> f64 {
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.uniform()).cos()
 }
 
+/// The EnsLoss surrogate of a batch: mean(g·z) with g a fresh calibrated derivative vector
+/// (constant in the graph), so its gradient is Σ g_i ∇z_i / B.
+pub fn ensloss_batch(z: &Tensor, lambda: f64, rng: &mut Rng) -> Result<Tensor> {
+    let zv = Vec::<f64>::try_from(z.detach().to_kind(Kind::Double).to_device(Device::Cpu))?;
+    let g = ensloss_derivatives(&zv, lambda, rng);
+    let g = Tensor::from_slice(&g).to_kind(z.kind()).to_device(z.device());
+    Ok((g * z).mean(z.kind()))
+}
+
 /// One output f(x), presented as the logits (−f/2, f/2).
 #[derive(Debug)]
 struct Score(Box<dyn ModuleT>);
@@ -157,19 +166,14 @@ impl super::Paper for EnsLoss {
         let model = Score(cfg.model.build(&vs.root(), &data.sample_shape, 1)?);
         // Derivatives are drawn from their own stream so batch order and derivatives are separate.
         let mut loss_rng = Rng::new(ctx.seed ^ 0xE25);
-        let (kind, lambda, device) = (cfg.loss, cfg.lambda, ctx.device);
+        let (kind, lambda) = (cfg.loss, cfg.lambda);
         fit(&model, &vs, &data, &cfg.train, ctx, |logits, batch| {
             let z = margins(logits, batch.y);
             Ok(match kind {
                 Loss::Bce => z.neg().softplus().mean(Kind::Float),
                 Loss::Hinge => (z.neg() + 1.0).relu().mean(Kind::Float),
                 Loss::Exponential => z.neg().exp().mean(Kind::Float),
-                Loss::Ensloss => {
-                    let zv = Vec::<f64>::try_from(z.detach().to_kind(Kind::Double).to_device(Device::Cpu))?;
-                    let g = ensloss_derivatives(&zv, lambda, &mut loss_rng);
-                    let g = Tensor::from_slice(&g).to_kind(Kind::Float).to_device(device);
-                    (g * z).mean(Kind::Float)
-                }
+                Loss::Ensloss => ensloss_batch(&z, lambda, &mut loss_rng)?,
             })
         })
     }
@@ -203,11 +207,13 @@ mod tests {
 
     #[test]
     fn autograd_gives_g_over_b() {
-        let z = Tensor::from_slice(&[0.2f32, -1.0, 2.0]).set_requires_grad(true);
-        let g = Tensor::from_slice(&[-0.5f32, -0.9, -0.1]);
-        (&g * &z).mean(Kind::Float).backward();
-        let grad = Vec::<f32>::try_from(z.grad()).unwrap();
-        assert!(grad.iter().zip([-0.5f32, -0.9, -0.1]).all(|(a, b)| (a - b / 3.0).abs() < 1e-7));
+        // The batch loss the run uses: its gradient is exactly the drawn derivatives / B.
+        let z = Tensor::from_slice(&[0.2f64, -1.0, 2.0]).set_requires_grad(true);
+        let loss = ensloss_batch(&z, 0.0, &mut Rng::new(9)).unwrap();
+        loss.backward();
+        let g = ensloss_derivatives(&[0.2, -1.0, 2.0], 0.0, &mut Rng::new(9));
+        let grad = Vec::<f64>::try_from(z.grad()).unwrap();
+        assert!(grad.iter().zip(&g).all(|(a, b)| (a - b / 3.0).abs() < 1e-12), "{grad:?} vs {g:?}");
         // Margins from the two-logit view: f = 2, y = 1 → z = 2; y = 0 → z = −2.
         let logits = Tensor::from_slice(&[-1.0f32, 1.0, -1.0, 1.0]).view([2, 2]);
         let m = Vec::<f32>::try_from(margins(&logits, &Tensor::from_slice(&[1i64, 0]))).unwrap();

@@ -14,8 +14,9 @@
 //! 0-based k of (val acc_k − 1e−5·k), K*+1 channels kept; dropout baseline = standard
 //! (rescaled) dropout on the features; linear lr warm-up before the first epoch. Stage 2 (as
 //! `co_teaching_resnet/`): each batch is split in half, each network scores its own half in eval
-//! mode without gradients under the batch's shared nested mask, keeps the int((1−τ)·B/2)
-//! smallest-loss samples, and its peer trains on them; τ constant (pre-trained networks); the
+//! mode without gradients, masked at the K* last selected on validation, keeps the
+//! int((1−τ)·B/2) smallest-loss samples, and its peer trains on them under a freshly drawn
+//! nested mask (one k per batch, shared); τ constant (pre-trained networks); the
 //! reported accuracy is the two networks' averaged logits at a K re-selected on validation each
 //! epoch, taken at the best validation epoch. Co-teaching from scratch follows Han et al. 2018
 //! (both networks rank the whole batch; τ_t = τ·min(t/T_k, 1)); the official repo only has it
@@ -57,6 +58,8 @@ pub struct Config {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
+    /// Stage-1 learning rate ×0.1 at these epochs (official: [200, 300] of 350).
+    pub milestones: Vec<u64>,
     /// Linear learning-rate warm-up iterations before the first epoch.
     pub warmup_iters: u64,
     /// σ of the nested distribution (μ = `nested_mu`).
@@ -90,6 +93,7 @@ impl Default for Config {
             lr: 0.05,
             momentum: 0.9,
             weight_decay: 5e-4,
+            milestones: vec![],
             warmup_iters: 200,
             nested_sigma: 10.0,
             nested_mu: 0.0,
@@ -232,7 +236,8 @@ fn restore(net: &Net, saved: &[(String, Tensor)]) {
 
 impl NestedCoteaching {
     /// Validation/test evaluation of `nets` (their averaged logits) after an epoch.
-    fn evaluate(cfg: &Config, nets: &[&Net], data: &Data, sel: &mut Selection, step: u64, ctx: &mut RunCtx, log: bool) -> Result<()> {
+    /// Returns the truncation chosen on validation this epoch (nested methods).
+    fn evaluate(cfg: &Config, nets: &[&Net], data: &Data, sel: &mut Selection, step: u64, ctx: &mut RunCtx, log: bool) -> Result<Option<i64>> {
         let val = data.val.as_ref().expect("validation split");
         let nested = matches!(cfg.method, Method::Nested | Method::NestedCoteaching);
         let (k, val_score) = if nested {
@@ -253,10 +258,11 @@ impl NestedCoteaching {
         sel.best_test = sel.best_test.max(test);
         sel.last_test = test;
         if !log {
-            return Ok(());
+            return Ok(k);
         }
         let train = accuracy_at(nets, &data.train.x, &data.train.y, k);
-        ctx.log_all(step, &[("val_score", val_score), ("test_acc_epoch", test), ("train_acc", train), ("k", k.unwrap_or(0) as f64)])
+        ctx.log_all(step, &[("val_score", val_score), ("test_acc_epoch", test), ("train_acc", train), ("k", k.unwrap_or(0) as f64)])?;
+        Ok(k)
     }
 
     fn sgd(cfg: &Config, net: &Net, lr: f64) -> Result<nn::Optimizer> {
@@ -274,7 +280,8 @@ impl NestedCoteaching {
         for epoch in 0..cfg.epochs {
             for idx in data.train.batches(cfg.batch_size, ctx.rng()) {
                 iter += 1;
-                let lr = if iter <= cfg.warmup_iters { cfg.lr * iter as f64 / cfg.warmup_iters as f64 } else { cfg.lr };
+                let base = cfg.lr * 0.1f64.powi(cfg.milestones.iter().filter(|&&m| m <= epoch).count() as i32);
+                let lr = if iter <= cfg.warmup_iters { base * iter as f64 / cfg.warmup_iters as f64 } else { base };
                 let k = nested.then(|| sample(&p, ctx.rng()));
                 let (x, y) = (data.train.x.index_select(0, &idx), data.train.y.index_select(0, &idx));
                 if nets.len() == 1 {
@@ -302,8 +309,10 @@ impl NestedCoteaching {
     }
 
     /// Stage 2: the official half-batch, eval-mode small-loss Co-teaching of two nested nets.
-    fn finetune(cfg: &Config, data: &Data, nets: &[Net], ctx: &mut RunCtx, sel: &mut Selection) -> Result<()> {
+    fn finetune(cfg: &Config, data: &Data, nets: &[Net], ctx: &mut RunCtx, sel: &mut Selection, k_start: i64) -> Result<()> {
         let p = nested_distribution(*cfg.features.last().expect("D"), cfg.nested_mu, cfg.nested_sigma);
+        // The truncation used for ranking: the stage-1 K*, then each epoch's validation choice.
+        let mut k_rank = k_start;
         let mut opts: Vec<nn::Optimizer> = nets.iter().map(|n| Self::sgd(cfg, n, cfg.finetune_lr)).collect::<Result<_>>()?;
         let tau = cfg.forget_rate;
         for epoch in 0..cfg.finetune_epochs {
@@ -313,6 +322,7 @@ impl NestedCoteaching {
                     continue;
                 }
                 let k = Some(sample(&p, ctx.rng()));
+                let rank_k = Some(k_rank);
                 let halves = [idx.narrow(0, 0, b / 2), idx.narrow(0, b / 2, b - b / 2)];
                 // Each network ranks its own half without gradients; its peer trains on the pick.
                 let picks: Vec<Tensor> = nets
@@ -320,7 +330,7 @@ impl NestedCoteaching {
                     .zip(&halves)
                     .map(|(net, h)| {
                         let (x, y) = (data.train.x.index_select(0, h), data.train.y.index_select(0, h));
-                        let l = tch::no_grad(|| net.logits(&x, k, 0.0, false).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0));
+                        let l = tch::no_grad(|| net.logits(&x, rank_k, 0.0, false).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0));
                         h.index_select(0, &small_loss(&l, kept(h.size()[0], tau)))
                     })
                     .collect();
@@ -331,7 +341,7 @@ impl NestedCoteaching {
                 }
             }
             let refs: Vec<&Net> = nets.iter().collect();
-            Self::evaluate(cfg, &refs, data, sel, cfg.epochs + epoch + 1, ctx, true)?;
+            k_rank = Self::evaluate(cfg, &refs, data, sel, cfg.epochs + epoch + 1, ctx, true)?.unwrap_or(k_rank);
             ctx.tick(cfg.epochs + epoch + 1, cfg.epochs + cfg.finetune_epochs)?;
         }
         Ok(())
@@ -385,15 +395,17 @@ impl super::Paper for NestedCoteaching {
                 // Stage 1: two nested networks from different seeds, each restored to its best
                 // validation checkpoint (not logged as the result).
                 let mut stage1 = vec![];
+                let mut k_star = *cfg.features.last().expect("D");
                 for seed in [ctx.seed, ctx.seed + 1_000_003] {
                     let mut best = Selection { best_val: f64::NEG_INFINITY, ..Default::default() };
                     let net = [make(seed)];
                     Self::train_from_scratch(cfg, &data, &net, ctx, &mut best, false)?;
                     let [net] = net;
                     restore(&net, &best.checkpoint);
+                    k_star = k_star.min(best.k_at_best_val.max(1));
                     stage1.push(net);
                 }
-                Self::finetune(cfg, &data, &stage1, ctx, &mut sel)?;
+                Self::finetune(cfg, &data, &stage1, ctx, &mut sel, k_star)?;
             }
         }
         ctx.set_final("test_acc", sel.test_at_best_val)?;

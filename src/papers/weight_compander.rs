@@ -13,8 +13,9 @@
 //! slope α > 1 at 0 expands small weights, |f| < β) or `form: mu_law` (candidate B, f(v) =
 //! sign(v)·β·ln(1 + α|v|/β)/ln(1 + α)). Project choices, also unverified: β = `beta_scale` × the
 //! layer's initial weight std; v initialised as f⁻¹(W_init) so the network starts at the standard
-//! init; weight decay acts on v; learned α, β as softplus of free parameters. Biases are not
-//! companded.
+//! init; weight decay acts on v (and, through AdamW's decoupled decay on every trainable
+//! tensor, also slightly on the learned arm's free α, β parameters); learned α, β as softplus of
+//! free parameters. Biases are not companded.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -237,6 +238,30 @@ mod tests {
             // Slope at 0 above 1: small weights are expanded.
             let small = v(&compand(&Tensor::from_slice(&[1e-6f64]), form, &at, &bt))[0];
             assert!(small > 1e-6 * 1.4, "{form:?}: {small}");
+        }
+    }
+
+    #[test]
+    fn slope_at_zero_is_alpha_and_gradients_match_finite_differences() {
+        for form in [Form::Tanh, Form::MuLaw] {
+            let (a, b) = (2.5f64, 0.4f64);
+            let h = 1e-7;
+            let at = |x: f64| v(&compand(&Tensor::from_slice(&[x]), form, &Tensor::from(a), &Tensor::from(b)))[0];
+            let slope = (at(h) - at(-h)) / (2.0 * h);
+            let expected = if form == Form::Tanh { a } else { a / (1.0 + a).ln() };
+            assert!((slope - expected).abs() < 1e-5, "{form:?}: {slope} vs {expected}");
+            // ∂f/∂v, ∂f/∂α, ∂f/∂β by autograd against central differences.
+            let x = Tensor::from_slice(&[0.3f64, -0.05]).set_requires_grad(true);
+            let (ta, tb) = (Tensor::from(a).set_requires_grad(true), Tensor::from(b).set_requires_grad(true));
+            compand(&x, form, &ta, &tb).sum(Kind::Double).backward();
+            let f = |xv: [f64; 2], av: f64, bv: f64| v(&compand(&Tensor::from_slice(&xv), form, &Tensor::from(av), &Tensor::from(bv)).sum(Kind::Double))[0];
+            let d = 1e-6;
+            let fd_x0 = (f([0.3 + d, -0.05], a, b) - f([0.3 - d, -0.05], a, b)) / (2.0 * d);
+            let fd_a = (f([0.3, -0.05], a + d, b) - f([0.3, -0.05], a - d, b)) / (2.0 * d);
+            let fd_b = (f([0.3, -0.05], a, b + d) - f([0.3, -0.05], a, b - d)) / (2.0 * d);
+            assert!((v(&x.grad())[0] - fd_x0).abs() < 1e-6);
+            assert!((f64::try_from(ta.grad()).unwrap() - fd_a).abs() < 1e-6);
+            assert!((f64::try_from(tb.grad()).unwrap() - fd_b).abs() < 1e-6);
         }
     }
 
