@@ -16,15 +16,14 @@
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::context::RunCtx;
 use crate::data::block::Normalize;
 use crate::data::DataConfig;
-use crate::losses::classify::accuracy;
 use crate::models::{ModelConfig, ModelKind};
-use crate::robust::pgd::{attack, PgdConfig};
+use crate::robust::pgd::{accuracy_under_attack, attack, PgdConfig};
 use crate::train::optim::{OptimConfig, OptimKind};
 use crate::train::supervised::{fit, TrainConfig};
 
@@ -94,19 +93,6 @@ fn kl_clean_adv(clean: &Tensor, adv: &Tensor) -> Tensor {
     (p * (log_p - log_q)).sum_dim_intlist([1].as_slice(), false, Kind::Float).mean(Kind::Float)
 }
 
-/// Accuracy of `model` under the PGD attack `cfg` maximising cross-entropy.
-pub fn pgd_accuracy<M: ModuleT + ?Sized>(model: &M, x: &Tensor, y: &Tensor, cfg: &PgdConfig) -> f64 {
-    let mut correct = 0.0;
-    let n = x.size()[0];
-    for start in (0..n).step_by(512) {
-        let len = (n - start).min(512);
-        let (xb, yb) = (x.narrow(0, start, len), y.narrow(0, start, len));
-        let adv = attack(&xb, cfg, None, |xa| model.forward_t(xa, false).cross_entropy_loss::<Tensor>(&yb, None, tch::Reduction::None, -100, 0.0));
-        correct += accuracy(&tch::no_grad(|| model.forward_t(&adv, false)), &yb) * len as f64;
-    }
-    correct / n as f64
-}
-
 impl super::Paper for CompSumLosses {
     const KEY: &'static str = "comp_sum_losses";
     const TITLE: &'static str = "Cross-Entropy Loss Functions: Theoretical Analysis and Applications";
@@ -165,7 +151,7 @@ impl super::Paper for CompSumLosses {
             })
         })?;
         if cfg.evaluate_pgd {
-            ctx.set_final("pgd_acc", pgd_accuracy(m, &data.test.x, &data.test.y, &cfg.eval_attack))?;
+            ctx.set_final("pgd_acc", accuracy_under_attack(m, &data.test.x, &data.test.y, &cfg.eval_attack))?;
         }
         Ok(())
     }

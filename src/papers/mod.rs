@@ -17,6 +17,7 @@ pub mod comp_sum_losses;
 pub mod elr;
 pub mod ensloss;
 pub mod nested_coteaching;
+pub mod orthogonal_conv;
 pub mod ps_kd;
 pub mod sparse_ot;
 pub mod stablemax_grokking;
@@ -106,6 +107,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<elr::Elr>(),
         entry::<ensloss::EnsLoss>(),
         entry::<nested_coteaching::NestedCoteaching>(),
+        entry::<orthogonal_conv::OrthogonalConv>(),
         entry::<ps_kd::PsKd>(),
         entry::<sparse_ot::SparseOt>(),
         entry::<stablemax_grokking::StablemaxGrokking>(),

@@ -90,6 +90,21 @@ pub fn attack(x: &Tensor, cfg: &PgdConfig, start: Option<Tensor>, mut objective:
     x_adv.detach()
 }
 
+/// Accuracy of `model` on (x, y) under the PGD attack `cfg` maximising cross-entropy, in
+/// batches of 512, the model in evaluation mode.
+pub fn accuracy_under_attack<M: tch::nn::ModuleT + ?Sized>(model: &M, x: &Tensor, y: &Tensor, cfg: &PgdConfig) -> f64 {
+    let mut correct = 0.0;
+    let n = x.size()[0];
+    for start in (0..n).step_by(512) {
+        let len = (n - start).min(512);
+        let (xb, yb) = (x.narrow(0, start, len), y.narrow(0, start, len));
+        let adv = attack(&xb, cfg, None, |xa| model.forward_t(xa, false).cross_entropy_loss::<Tensor>(&yb, None, tch::Reduction::None, -100, 0.0));
+        let logits = tch::no_grad(|| model.forward_t(&adv, false));
+        correct += crate::losses::classify::accuracy(&logits, &yb) * len as f64;
+    }
+    correct / n.max(1) as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
