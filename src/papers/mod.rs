@@ -16,6 +16,7 @@ use crate::params;
 pub mod comp_sum_losses;
 pub mod elr;
 pub mod ensloss;
+pub mod lvm_smoothing;
 pub mod nested_coteaching;
 pub mod orthogonal_conv;
 pub mod ps_kd;
@@ -106,6 +107,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<comp_sum_losses::CompSumLosses>(),
         entry::<elr::Elr>(),
         entry::<ensloss::EnsLoss>(),
+        entry::<lvm_smoothing::LvmSmoothing>(),
         entry::<nested_coteaching::NestedCoteaching>(),
         entry::<orthogonal_conv::OrthogonalConv>(),
         entry::<ps_kd::PsKd>(),
