@@ -14,6 +14,7 @@ use crate::data::DataConfig;
 use crate::params;
 
 pub mod comp_sum_losses;
+pub mod dual_smoothing;
 pub mod elr;
 pub mod ensloss;
 pub mod lvm_smoothing;
@@ -105,6 +106,7 @@ pub fn entry<P: Paper>() -> Entry {
 pub fn registry() -> Vec<Entry> {
     vec![
         entry::<comp_sum_losses::CompSumLosses>(),
+        entry::<dual_smoothing::DualSmoothing>(),
         entry::<elr::Elr>(),
         entry::<ensloss::EnsLoss>(),
         entry::<lvm_smoothing::LvmSmoothing>(),
