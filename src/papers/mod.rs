@@ -20,6 +20,7 @@ pub mod ensloss;
 pub mod lvm_smoothing;
 pub mod nested_coteaching;
 pub mod orthogonal_conv;
+pub mod smoothinv;
 pub mod ps_kd;
 pub mod sparse_ot;
 pub mod stablemax_grokking;
@@ -112,6 +113,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<lvm_smoothing::LvmSmoothing>(),
         entry::<nested_coteaching::NestedCoteaching>(),
         entry::<orthogonal_conv::OrthogonalConv>(),
+        entry::<smoothinv::SmoothInv>(),
         entry::<ps_kd::PsKd>(),
         entry::<sparse_ot::SparseOt>(),
         entry::<stablemax_grokking::StablemaxGrokking>(),
