@@ -20,6 +20,7 @@ pub mod ensloss;
 pub mod lvm_smoothing;
 pub mod nested_coteaching;
 pub mod orthogonal_conv;
+pub mod rrcm;
 pub mod smoothinv;
 pub mod ps_kd;
 pub mod sparse_ot;
@@ -113,6 +114,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<lvm_smoothing::LvmSmoothing>(),
         entry::<nested_coteaching::NestedCoteaching>(),
         entry::<orthogonal_conv::OrthogonalConv>(),
+        entry::<rrcm::Rrcm>(),
         entry::<smoothinv::SmoothInv>(),
         entry::<ps_kd::PsKd>(),
         entry::<sparse_ot::SparseOt>(),
