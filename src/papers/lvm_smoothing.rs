@@ -14,8 +14,11 @@
 //! official code picks (S, t) and certifies on the same n samples, ignoring the ~100 candidates
 //! tested; here (S, t, A) are chosen on n0 separate samples — by the radius they predict for n
 //! samples, with the n0 standard deviations — and certified once on n fresh samples.
-//! `selection: same_samples` reproduces the official shortcut for comparison. The official
-//! code's extra Lipschitz-margin candidate radius is not used.
+//! `selection: same_samples` reproduces the official shortcut for comparison (its radii are not
+//! sound certificates). Hard votes are bounded with Clopper–Pearson at α/K as in the official
+//! routine's first candidate. As in the paper, (S, t) is chosen per input, so a certificate is
+//! for the smoothed classifier with that map. The official code's extra Lipschitz-margin
+//! candidate radius is not used.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -26,7 +29,7 @@ use crate::context::RunCtx;
 use crate::data::block::Normalize;
 use crate::data::DataConfig;
 use crate::models::{ModelConfig, ModelKind};
-use crate::robust::smoothing::{certified_metrics, certify, gaussian_augment, normal_quantile, Smoothing};
+use crate::robust::smoothing::{certified_metrics, certify, clopper_pearson_lower, gaussian_augment, normal_quantile, Smoothing};
 use crate::train::optim::{OptimConfig, OptimKind};
 use crate::train::supervised::{fit, TrainConfig};
 
@@ -145,11 +148,23 @@ fn moments(q: &Tensor) -> (Vec<f64>, Vec<f64>) {
     (mean, std)
 }
 
-/// (A, radius) of one candidate from its moments, with half-widths for `n` samples.
-fn candidate_radius(mean: &[f64], std: &[f64], n: u64, a: f64, sigma: f64, fixed_a: Option<usize>) -> (usize, f64) {
+/// (A, radius) of one candidate from its moments, with half-widths for `n` samples. Hard votes
+/// (`hard`) are bounded with Clopper–Pearson on the counts (note step 4), soft maps with the
+/// empirical-Bernstein half-width.
+fn candidate_radius(mean: &[f64], std: &[f64], n: u64, a: f64, sigma: f64, fixed_a: Option<usize>, hard: bool) -> (usize, f64) {
     let k = mean.len();
-    let lower: Vec<f64> = (0..k).map(|i| mean[i] - bernstein_shift(std[i], n, a)).collect();
-    let upper: Vec<f64> = (0..k).map(|i| mean[i] + bernstein_shift(std[i], n, a)).collect();
+    let (lower, upper): (Vec<f64>, Vec<f64>) = if hard {
+        let count = |m: f64| (m * n as f64).round() as u64;
+        (
+            (0..k).map(|i| clopper_pearson_lower(count(mean[i]), n, a)).collect(),
+            (0..k).map(|i| 1.0 - clopper_pearson_lower(n - count(mean[i]), n, a)).collect(),
+        )
+    } else {
+        (
+            (0..k).map(|i| mean[i] - bernstein_shift(std[i], n, a)).collect(),
+            (0..k).map(|i| mean[i] + bernstein_shift(std[i], n, a)).collect(),
+        )
+    };
     let top = fixed_a.unwrap_or_else(|| (0..k).max_by(|&i, &j| lower[i].partial_cmp(&lower[j]).expect("finite")).expect("classes"));
     let b = (0..k).filter(|&i| i != top).max_by(|&i, &j| upper[i].partial_cmp(&upper[j]).expect("finite")).expect("two classes");
     (top, two_sided_radius(sigma, lower[top], upper[b]))
@@ -188,7 +203,7 @@ impl LvmSmoothing {
             maps.iter()
                 .map(|&m| {
                     let (mean, std) = moments(&apply(m, logits));
-                    let (top, r) = candidate_radius(&mean, &std, n_for_width, a, cfg.sigma, None);
+                    let (top, r) = candidate_radius(&mean, &std, n_for_width, a, cfg.sigma, None, m == Map::Hard);
                     (m, top, r)
                 })
                 .max_by(|x, y| x.2.partial_cmp(&y.2).expect("finite or −∞"))
@@ -201,11 +216,11 @@ impl LvmSmoothing {
                 let select = noisy_logits(model, x, cfg.sigma, cfg.n0, cfg.batch);
                 let (map, top, _) = best_of(&select, cfg.n);
                 let (mean, std) = moments(&apply(map, &estimate));
-                let (_, r) = candidate_radius(&mean, &std, cfg.n, a, cfg.sigma, Some(top));
+                let (_, r) = candidate_radius(&mean, &std, cfg.n, a, cfg.sigma, Some(top), map == Map::Hard);
                 (map, top, r)
             }
         };
-        (radius >= 0.0).then_some((top as i64, radius, map))
+        (radius > 0.0).then_some((top as i64, radius, map))
     }
 }
 
@@ -319,6 +334,37 @@ mod tests {
         assert!(bernstein_shift(0.4, 1000, 1e-4) > bernstein_shift(0.3, 1000, 1e-4));
         assert!(bernstein_shift(0.3, 100_000_000, 1e-4) < 1e-3);
         assert!((crate::robust::smoothing::clopper_pearson_lower(100_000, 100_000, 0.001) - 0.999931).abs() < 1e-6);
+    }
+
+    #[test]
+    fn lvm_certificates_of_a_linear_classifier_never_exceed_its_distance() {
+        // Base f = two linear scores; the smoothed hard classifier's true boundary is the
+        // hyperplane, so no sound certificate may exceed the distance to it (0.3 here).
+        tch::manual_seed(3);
+        struct Lin(Tensor);
+        impl std::fmt::Debug for Lin {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { write!(f, "Lin") }
+        }
+        impl ModuleT for Lin {
+            fn forward_t(&self, x: &Tensor, _: bool) -> Tensor {
+                let s = x.mv(&self.0) + 0.5;
+                Tensor::stack(&[s.neg(), s], 1)
+            }
+        }
+        let model = Lin(Tensor::from_slice(&[3.0f32, -4.0]));
+        let x = Tensor::from_slice(&[0.2f32, -0.1]).view([1, 2]);
+        let cfg = Config { sigma: 0.5, n0: 100, n: 5000, alpha: 0.01, batch: 5000, temperatures: 8, ..Config::default() };
+        let maps = LvmSmoothing::maps(&cfg);
+        let mut too_large = 0;
+        for _ in 0..20 {
+            if let Some((c, r, _)) = LvmSmoothing::certify_lvm(&cfg, &model, &x, 2, &maps) {
+                assert_eq!(c, 1);
+                if r > 0.3 {
+                    too_large += 1;
+                }
+            }
+        }
+        assert!(too_large == 0, "{too_large} radii beyond the true distance");
     }
 
     #[test]

@@ -335,6 +335,23 @@ mod tests {
     }
 
     #[test]
+    fn stop_gradient_by_detach_equals_no_grad() {
+        tch::manual_seed(1);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let enc = Encoder::new(&vs.root(), 6, 3, true);
+        let x = Tensor::randn([5, 6], (Kind::Float, Device::Cpu));
+        let grads = |detach: bool| {
+            vs.variables().values().for_each(|t| { let mut g = t.grad(); if g.defined() { let _ = g.zero_(); } });
+            let u = enc.head(&(&x * 1.0), 0.8, 1);
+            let v = if detach { enc.head(&(&x * 1.0), 0.4, 1).detach() } else { tch::no_grad(|| enc.head(&(&x * 1.0), 0.4, 1)) };
+            info_nce(&u, &v, 0.2).backward();
+            vs.variables()["l1.weight"].grad().copy()
+        };
+        let (a, b) = (grads(true), grads(false));
+        assert!(f64::try_from((a - b).abs().max()).unwrap() < 1e-7);
+    }
+
+    #[test]
     fn consistency_term_limits_and_ema() {
         let l = Tensor::randn([6, 10], (Kind::Float, Device::Cpu));
         let only_kl = consistency_term(&[l.shallow_clone(), l.shallow_clone()], 1.0, 0.0);

@@ -13,8 +13,9 @@
 //! unit L2; SGD momentum 0.9 at lr = 0.5·ε/10 with StepLR(300, ×0.5); after each step x + δ is
 //! clipped to [0, 1] and δ renormed to ‖δ‖₂ ≤ ε; 400 steps from δ = 0; the attack success rate is
 //! the base classifier's on held-out clean non-target images, and the best σ per image is the one
-//! with the highest rate (the official protocol selects on the same images it reports; so do we,
-//! for every arm alike). The diffusion-denoiser variant is not implemented.
+//! with the highest rate — chosen here on one half of the held-out images and reported on the
+//! other (the official protocol selects on the images it reports). The diffusion-denoiser
+//! variant, the Neural-Cleanse baseline and target identification are not implemented.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -173,10 +174,14 @@ impl super::Paper for SmoothInv {
         }
         let sources = data.test.x.index_select(0, &keep.narrow(0, 0, cfg.images));
         let held = keep.narrow(0, cfg.images, cfg.heldout.min(total - cfg.images));
-        let (hx, _) = (data.test.x.index_select(0, &held), data.test.y.index_select(0, &held));
-        let target_labels = Tensor::full([hx.size()[0]], cfg.target, (Kind::Int64, ctx.device));
-        let asr = |delta: &Tensor| tch::no_grad(|| accuracy(&m.forward_t(&(&hx + delta).clamp(0.0, 1.0), false), &target_labels));
-        ctx.set_final("backdoor_asr", asr(&(stamp(&hx, &mask) - &hx)))?;
+        // σ is chosen on the first half of the held-out images, the rate reported on the second.
+        let half = held.size()[0] / 2;
+        let (sel_x, eval_x) = (data.test.x.index_select(0, &held.narrow(0, 0, half)), data.test.x.index_select(0, &held.narrow(0, half, held.size()[0] - half)));
+        let rate = |on: &Tensor, delta: &Tensor| {
+            let labels = Tensor::full([on.size()[0]], cfg.target, (Kind::Int64, on.device()));
+            tch::no_grad(|| accuracy(&m.forward_t(&(on + delta).clamp(0.0, 1.0), false), &labels))
+        };
+        ctx.set_final("backdoor_asr", rate(&eval_x, &(stamp(&eval_x, &mask) - &eval_x)))?;
 
         let (mut asr_sum, mut fidelity_sum) = (0.0, 0.0);
         for i in 0..cfg.images {
@@ -184,14 +189,14 @@ impl super::Paper for SmoothInv {
             let mut best = (f64::NEG_INFINITY, Tensor::zeros_like(&x));
             for &sigma in &cfg.sigmas {
                 let delta = invert(m, &x, cfg.target, sigma, cfg);
-                let a = asr(&delta);
+                let a = rate(&sel_x, &delta);
                 if a > best.0 {
                     best = (a, delta);
                 }
             }
             let energy = best.1.square();
             fidelity_sum += f64::try_from((&energy * &mask).sum(Kind::Double))? / f64::try_from(energy.sum(Kind::Double))?.max(1e-30);
-            asr_sum += best.0;
+            asr_sum += rate(&eval_x, &best.1);
             ctx.tick(i as u64 + 1, cfg.images as u64)?;
         }
         ctx.set_final("inversion_asr", asr_sum / cfg.images as f64)?;
