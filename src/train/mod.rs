@@ -5,3 +5,4 @@ pub mod lbfgs;
 pub mod optim;
 pub mod supervised;
 pub mod orthograd;
+pub mod second_order;
