@@ -14,6 +14,7 @@ use crate::data::DataConfig;
 use crate::params;
 
 pub mod comp_sum_losses;
+pub mod disc_vs_gen;
 pub mod dual_smoothing;
 pub mod elr;
 pub mod ensloss;
@@ -108,6 +109,7 @@ pub fn entry<P: Paper>() -> Entry {
 pub fn registry() -> Vec<Entry> {
     vec![
         entry::<comp_sum_losses::CompSumLosses>(),
+        entry::<disc_vs_gen::DiscVsGen>(),
         entry::<dual_smoothing::DualSmoothing>(),
         entry::<elr::Elr>(),
         entry::<ensloss::EnsLoss>(),
