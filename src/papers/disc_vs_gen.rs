@@ -15,7 +15,7 @@
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::context::{Rng, RunCtx};
 use crate::train::lbfgs::{minimize, LbfgsOptions};
@@ -182,6 +182,7 @@ impl super::Paper for DiscVsGen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     #[test]
     fn nb_statistics_and_the_closed_form_decision_rule() {
