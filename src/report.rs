@@ -283,7 +283,8 @@ fn group_mean(stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMap<&str, usize
         return Err(format!("{group}: {}/{want} runs ok{other}", s.ok));
     }
     match s.values.get(metric) {
-        Some(xs) if !xs.is_empty() => Ok(mean_std(xs).0),
+        Some(xs) if xs.len() == s.ok => Ok(mean_std(xs).0),
+        Some(xs) if !xs.is_empty() => Err(format!("{group}: `{metric}` reported by only {}/{} runs", xs.len(), s.ok)),
         _ if s.ok == 0 && !s.other.is_empty() => Err(format!("{group}: {}", not_ok_text(s))),
         _ => Err(format!("{group}: `{metric}` not reported")),
     }
@@ -394,6 +395,12 @@ mod tests {
         assert!(r.measured.contains("diverged"), "{}", r.measured);
         let r = evaluate(&claim("{metric: acc, variant: zz, at_least: 0}"), &st);
         assert!(r.measured.contains("no run yet"), "{}", r.measured);
+        // A metric only some runs report is not averaged over those.
+        let mut some = stats_of(&[("q", &[0.9], &[])]);
+        some.get_mut("q").unwrap().ok = 2;
+        let r = evaluate(&claim("{metric: acc, variant: q, at_least: 0.5}"), &some);
+        assert_eq!(r.pass, None);
+        assert!(r.measured.contains("only 1/2 runs"), "{}", r.measured);
         // One of two seeds failed: the claim is not judged on the survivor.
         let partial = stats_of(&[("p", &[0.99], &["failed"])]);
         let r = evaluate(&claim("{metric: acc, variant: p, at_least: 0.5}"), &partial);

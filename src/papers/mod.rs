@@ -22,6 +22,7 @@ pub mod lvm_smoothing;
 pub mod nested_coteaching;
 pub mod orthogonal_conv;
 pub mod rrcm;
+pub mod sgd_stability;
 pub mod smoothinv;
 pub mod ps_kd;
 pub mod sparse_ot;
@@ -117,6 +118,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<nested_coteaching::NestedCoteaching>(),
         entry::<orthogonal_conv::OrthogonalConv>(),
         entry::<rrcm::Rrcm>(),
+        entry::<sgd_stability::SgdStability>(),
         entry::<smoothinv::SmoothInv>(),
         entry::<ps_kd::PsKd>(),
         entry::<sparse_ot::SparseOt>(),
