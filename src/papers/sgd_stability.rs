@@ -161,8 +161,11 @@ mod tests {
         assert!((exact_trace - trace).abs() < 1e-10, "{exact_trace} vs {trace}");
         let exact_top = Vec::<f64>::try_from(h.linalg_eigvalsh("L")).unwrap().into_iter().fold(f64::MIN, f64::max);
         assert!((exact_top - top).abs() < 1e-10);
-        let est = hutchinson_trace(&mut loss, std::slice::from_ref(&p), 2000);
-        assert!((est - trace).abs() < 0.05 * trace, "{est} vs {trace}");
+        // Hutchinson's standard error is √(2 Σ_{i≠j} H_ij² / probes); allow 5 of them.
+        let probes = 4000;
+        let off = f64::try_from(h.square().sum(Kind::Double) - h.diagonal(0, 0, 1).square().sum(Kind::Double)).unwrap();
+        let est = hutchinson_trace(&mut loss, std::slice::from_ref(&p), probes);
+        assert!((est - trace).abs() < 5.0 * (2.0 * off / probes as f64).sqrt() + 1e-9, "{est} vs {trace}");
         // Tr(H) = (4/n) Σ_i Σ_j x_ij² (u_j² + v_j²).
         let closed = f64::try_from((x.square().sum_dim_intlist([0].as_slice(), false, Kind::Double) * (u0.square() + v0.square())).sum(Kind::Double)).unwrap() * 4.0 / 3.0;
         assert!((closed - trace).abs() < 1e-10);
