@@ -20,6 +20,7 @@ pub mod elr;
 pub mod ensloss;
 pub mod lvm_smoothing;
 pub mod nested_coteaching;
+pub mod optimistic_omd;
 pub mod orthogonal_conv;
 pub mod rrcm;
 pub mod sgd_stability;
@@ -116,6 +117,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<ensloss::EnsLoss>(),
         entry::<lvm_smoothing::LvmSmoothing>(),
         entry::<nested_coteaching::NestedCoteaching>(),
+        entry::<optimistic_omd::OptimisticOmd>(),
         entry::<orthogonal_conv::OrthogonalConv>(),
         entry::<rrcm::Rrcm>(),
         entry::<sgd_stability::SgdStability>(),
