@@ -99,6 +99,12 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         ((self.next_u64() as u128 * n as u128) >> 64) as u64
     }
+    /// Standard normal by Box–Muller (one draw per call; the sine partner is discarded).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(f64::MIN_POSITIVE);
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * self.uniform()).cos()
+    }
+
     /// Fisher–Yates shuffle.
     pub fn shuffle<T>(&mut self, xs: &mut [T]) {
         for i in (1..xs.len()).rev() {
@@ -269,6 +275,9 @@ mod tests {
         assert_eq!(xs, ys);
         assert_ne!(Rng::new(4).next_u64(), xs[0]);
         let mean: f64 = (0..20000).map(|_| a.uniform()).sum::<f64>() / 20000.0;
+        let z: Vec<f64> = (0..20000).map(|_| a.normal()).collect();
+        let (zm, zv) = (z.iter().sum::<f64>() / 2e4, z.iter().map(|x| x * x).sum::<f64>() / 2e4);
+        assert!(zm.abs() < 0.03 && (zv - 1.0).abs() < 0.05, "{zm} {zv}");
         assert!((mean - 0.5).abs() < 0.01, "{mean}");
         let mut v: Vec<u32> = (0..50).collect();
         a.shuffle(&mut v);

@@ -19,3 +19,5 @@ pub mod robust;
 pub mod runner;
 pub mod spec;
 pub mod train;
+#[cfg(test)]
+pub(crate) mod testutil;

@@ -453,7 +453,7 @@ impl DataConfig {
             }
             DomainKind::Noise => {
                 let numel = x.numel();
-                let noise: Vec<f32> = (0..numel).map(|_| (normal(rng) * v * max_value) as f32).collect();
+                let noise: Vec<f32> = (0..numel).map(|_| (rng.normal() * v * max_value) as f32).collect();
                 Ok(x + Tensor::from_slice(&noise).view(x.size().as_slice()))
             }
         }
@@ -492,10 +492,6 @@ fn labels_vec(y: &Tensor) -> Vec<i64> {
     Vec::<i64>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Int64)).expect("labels")
 }
 
-fn normal(rng: &mut Rng) -> f64 {
-    let u1 = rng.uniform().max(f64::MIN_POSITIVE);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.uniform()).cos()
-}
 
 /// Keeps the rows whose label is in `keep`, relabelled to its position there.
 fn keep_classes(x: &Tensor, y: &Tensor, keep: &[i64]) -> (Tensor, Tensor) {

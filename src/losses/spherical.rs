@@ -75,11 +75,9 @@ pub fn z_loss_spherical(h: &Tensor, q_mat: &Tensor, w_bar: &Tensor, w_c: &Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::f64s as v;
     use tch::{Device, Kind};
 
-    fn v(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
-    }
 
     #[test]
     fn z_loss_is_shift_and_scale_invariant_and_matches_a_known_value() {

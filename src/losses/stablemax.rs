@@ -32,11 +32,9 @@ pub fn stablemax_ce_per_sample(logits: &Tensor, labels: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::f64s as vecf;
     use tch::Device;
 
-    fn vecf(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
-    }
 
     #[test]
     fn s_is_positive_and_c1_at_zero() {

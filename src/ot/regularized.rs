@@ -79,13 +79,11 @@ pub fn dual(alpha: &Tensor, beta: &Tensor, a: &Tensor, b: &Tensor, c: &Tensor, r
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::f64s as v;
     use tch::Device;
 
     fn t(v: &[f64]) -> Tensor {
         Tensor::from_slice(v)
-    }
-    fn v(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.flatten(0, -1)).unwrap()
     }
     fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)

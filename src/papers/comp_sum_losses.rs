@@ -16,7 +16,6 @@
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::context::RunCtx;
@@ -25,7 +24,7 @@ use crate::data::DataConfig;
 use crate::models::{ModelConfig, ModelKind};
 use crate::robust::pgd::{accuracy_under_attack, attack, PgdConfig};
 use crate::train::optim::{OptimConfig, OptimKind};
-use crate::train::supervised::{fit, TrainConfig};
+use crate::train::supervised::{fit, setup, TrainConfig};
 
 pub struct CompSumLosses;
 
@@ -118,11 +117,7 @@ impl super::Paper for CompSumLosses {
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
-        let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-        data.record(ctx)?;
-        tch::manual_seed(ctx.seed as i64);
-        let vs = nn::VarStore::new(ctx.device);
-        let model = cfg.model.build(&vs.root(), &data.sample_shape, data.classes)?;
+        let (data, vs, model) = setup(&cfg.data, &cfg.model, ctx)?;
         let m = model.as_ref();
         fit(m, &vs, &data, &cfg.train, ctx, |logits, b| {
             Ok(match cfg.method {
@@ -160,11 +155,9 @@ impl super::Paper for CompSumLosses {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::f64s as v;
     use tch::Device;
 
-    fn v(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
-    }
 
     #[test]
     fn special_cases_of_the_family() {

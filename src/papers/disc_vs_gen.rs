@@ -44,10 +44,6 @@ impl Default for Config {
     }
 }
 
-fn normal(rng: &mut Rng) -> f64 {
-    let u1 = rng.uniform().max(f64::MIN_POSITIVE);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.uniform()).cos()
-}
 
 /// Per-feature standard deviations of the "easy" generator: √n on the first n/2, 1 after.
 fn stds(n: i64) -> Vec<f64> {
@@ -62,7 +58,7 @@ fn sample(n: i64, m: i64, rng: &mut Rng) -> (Tensor, Tensor) {
     for i in 0..m {
         let class = i % 2;
         let mu = if class == 0 { -1.0 } else { 1.0 };
-        x.extend((0..n as usize).map(|j| mu + s[j] * normal(rng)));
+        x.extend((0..n as usize).map(|j| mu + s[j] * rng.normal()));
         y.push(class);
     }
     (Tensor::from_slice(&x).view([m, n]), Tensor::from_slice(&y))

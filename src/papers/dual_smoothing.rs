@@ -15,7 +15,7 @@
 //! two shifted z-scores must sum to > 0 and max ‖δ_A‖ + ‖δ_B‖ = √2‖δ‖) is
 //! R = (σ/√2)(Φ⁻¹(p_l) + Φ⁻¹(p_r)) with α/2 per branch; the official code's
 //! √(R_l² + R_r²), R_i = σΦ⁻¹(p_i) (0 when p_i < ½) at the full α, is reported beside it
-//! (`*_repo` metrics). The paper's exact theorem statement was not reachable.
+//! (`repo_*` metrics). The paper's exact theorem statement was not reachable.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -26,9 +26,9 @@ use crate::context::RunCtx;
 use crate::data::block::Normalize;
 use crate::data::{Data, DataConfig, Split};
 use crate::models::{ModelConfig, ModelKind};
-use crate::robust::smoothing::{certified_metrics, certify, clopper_pearson_lower, gaussian_augment, normal_quantile, sample_counts, Smoothing};
+use crate::robust::smoothing::{certify, clopper_pearson_lower, normal_quantile, record_certified, sample_counts, CertifyConfig};
 use crate::train::optim::{OptimConfig, OptimKind};
-use crate::train::supervised::{fit, TrainConfig};
+use crate::train::supervised::{fit_with_gaussian_noise, TrainConfig};
 
 pub struct DualSmoothing;
 
@@ -49,12 +49,7 @@ pub struct Config {
     pub train: TrainConfig,
     pub method: Method,
     pub sigma: f64,
-    pub n0: u64,
-    pub n: u64,
-    pub alpha: f64,
-    pub batch: u64,
-    pub certify_points: i64,
-    pub radii: Vec<f64>,
+    pub certify: CertifyConfig,
 }
 
 impl Default for Config {
@@ -65,12 +60,7 @@ impl Default for Config {
             train: TrainConfig { epochs: 60, batch_size: 64, eval_every: 10, optim: OptimConfig { kind: OptimKind::Adam, lr: 1e-3, weight_decay: 0.0, ..OptimConfig::default() } },
             method: Method::Drs,
             sigma: 0.25,
-            n0: 64,
-            n: 2000,
-            alpha: 0.001,
-            batch: 2000,
-            certify_points: 200,
-            radii: vec![0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5],
+            certify: CertifyConfig { n0: 64, n: 2000, alpha: 0.001, batch: 2000, points: 200, radii: vec![0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5] },
         }
     }
 }
@@ -127,8 +117,7 @@ impl DualSmoothing {
     fn train_model(cfg: &Config, data: &Data, ctx: &mut RunCtx) -> Result<(nn::VarStore, Box<dyn ModuleT>)> {
         let vs = nn::VarStore::new(ctx.device);
         let model = cfg.model.build(&vs.root(), &data.sample_shape, data.classes)?;
-        let sigma = cfg.sigma;
-        fit(model.as_ref(), &vs, data, &cfg.train, ctx, |_, b| Ok(model.forward_t(&gaussian_augment(b.x, sigma), true).cross_entropy_for_logits(b.y)))?;
+        fit_with_gaussian_noise(model.as_ref(), &vs, data, &cfg.train, cfg.sigma, ctx)?;
         Ok((vs, model))
     }
 }
@@ -145,8 +134,9 @@ impl super::Paper for DualSmoothing {
         if c.data.flatten {
             bail!("`data.flatten` must be false: the checkerboard split needs the image layout");
         }
-        if !(c.sigma > 0.0) || c.n0 == 0 || c.n == 0 || !(0.0 < c.alpha && c.alpha < 1.0) || c.batch == 0 || c.certify_points < 1 {
-            bail!("`sigma` > 0, `n0`, `n`, `batch`, `certify_points` ≥ 1 and `alpha` in (0, 1)");
+        c.certify.check()?;
+        if !(c.sigma > 0.0) {
+            bail!("`sigma` must be positive");
         }
         Ok(())
     }
@@ -161,7 +151,8 @@ impl super::Paper for DualSmoothing {
         if data.image_shape.len() != 3 {
             bail!("DRS needs images [C, H, W]; got samples of shape {:?}", data.image_shape);
         }
-        let points = cfg.certify_points.min(data.test.len());
+        let c = &cfg.certify;
+        let points = c.points.min(data.test.len());
         let classes = data.classes;
         let mut sound = vec![];
         let mut repo = vec![];
@@ -171,7 +162,7 @@ impl super::Paper for DualSmoothing {
                 let flat = half(&data, &(0..data.image_shape.iter().product()).collect::<Vec<i64>>());
                 tch::manual_seed(ctx.seed as i64);
                 let (_vs, model) = Self::train_model(cfg, &flat, ctx)?;
-                let s = Smoothing { sigma: cfg.sigma, n0: cfg.n0, n: cfg.n, alpha: cfg.alpha, batch: cfg.batch };
+                let s = c.smoothing(cfg.sigma);
                 for i in 0..points {
                     let cert = certify(&mut |x: &Tensor| model.forward_t(x, false), &flat.test.x.get(i).unsqueeze(0), classes, &s)?;
                     sound.push((cert, flat.test.y.int64_value(&[i])));
@@ -190,42 +181,34 @@ impl super::Paper for DualSmoothing {
                 for i in 0..points {
                     let (xl, xr) = (left.test.x.get(i).unsqueeze(0), right.test.x.get(i).unsqueeze(0));
                     let y = left.test.y.int64_value(&[i]);
-                    let sel: Vec<u64> = sample_counts(&mut cl, &xl, cfg.sigma, cfg.n0, cfg.batch, classes)
+                    let sel: Vec<u64> = sample_counts(&mut cl, &xl, cfg.sigma, c.n0, c.batch, classes)
                         .iter()
-                        .zip(sample_counts(&mut cr, &xr, cfg.sigma, cfg.n0, cfg.batch, classes))
+                        .zip(sample_counts(&mut cr, &xr, cfg.sigma, c.n0, c.batch, classes))
                         .map(|(a, b)| a + b)
                         .collect();
                     let c_a = (0..sel.len()).max_by(|&a, &b| sel[a].cmp(&sel[b]).then(b.cmp(&a))).expect("classes");
-                    let kl = sample_counts(&mut cl, &xl, cfg.sigma, cfg.n, cfg.batch, classes)[c_a];
-                    let kr = sample_counts(&mut cr, &xr, cfg.sigma, cfg.n, cfg.batch, classes)[c_a];
-                    let (pl, pr) = (clopper_pearson_lower(kl, cfg.n, cfg.alpha / 2.0), clopper_pearson_lower(kr, cfg.n, cfg.alpha / 2.0));
+                    let kl = sample_counts(&mut cl, &xl, cfg.sigma, c.n, c.batch, classes)[c_a];
+                    let kr = sample_counts(&mut cr, &xr, cfg.sigma, c.n, c.batch, classes)[c_a];
+                    let (pl, pr) = (clopper_pearson_lower(kl, c.n, c.alpha / 2.0), clopper_pearson_lower(kr, c.n, c.alpha / 2.0));
                     sound.push((drs_radius(cfg.sigma, pl, pr).map(|r| (c_a as i64, r)), y));
-                    let (ql, qr) = (clopper_pearson_lower(kl, cfg.n, cfg.alpha), clopper_pearson_lower(kr, cfg.n, cfg.alpha));
+                    let (ql, qr) = (clopper_pearson_lower(kl, c.n, c.alpha), clopper_pearson_lower(kr, c.n, c.alpha));
                     repo.push((drs_radius_repo(cfg.sigma, ql, qr).map(|r| (c_a as i64, r)), y));
                     ctx.tick(i as u64 + 1, points as u64)?;
                 }
             }
         }
         let seconds = clock.elapsed().as_secs_f64();
-        let (at, acr, abstain) = certified_metrics(&sound, &cfg.radii);
-        for (r, v) in cfg.radii.iter().zip(at) {
-            ctx.set_final(&format!("cert_acc_r{r}"), v)?;
-        }
-        ctx.set_final("acr", acr)?;
-        ctx.set_final("abstain", abstain)?;
+        record_certified(ctx, &sound, &c.radii, "")?;
         if !repo.is_empty() {
-            let (at, acr_repo, _) = certified_metrics(&repo, &cfg.radii);
-            for (r, v) in cfg.radii.iter().zip(at) {
-                ctx.set_final(&format!("cert_acc_repo_r{r}"), v)?;
-            }
-            ctx.set_final("acr_repo", acr_repo)?;
+            // The official radius, reported beside the sound one (`repo_cert_acc_r*`, `repo_acr`).
+            record_certified(ctx, &repo, &c.radii, "repo_")?;
             // Points where the official radius exceeds the sound one (its optimism).
             let over = sound.iter().zip(&repo).filter(|(s, r)| r.0.map_or(0.0, |x| x.1) > s.0.map_or(0.0, |x| x.1) + 1e-12).count();
             ctx.set_final("repo_exceeds_sound", over as f64 / points.max(1) as f64)?;
             let under = sound.iter().zip(&repo).filter(|(s, r)| r.0.map_or(0.0, |x| x.1) < s.0.map_or(0.0, |x| x.1) - 1e-12).count();
             ctx.set_final("repo_below_sound", under as f64 / points.max(1) as f64)?;
         }
-        let per_point = (cfg.n0 + cfg.n) as f64 * if cfg.method == Method::Drs { 2.0 } else { 1.0 };
+        let per_point = (c.n0 + c.n) as f64 * if cfg.method == Method::Drs { 2.0 } else { 1.0 };
         ctx.set_final("noise_samples_per_s", per_point * points as f64 / seconds.max(1e-9))?;
         Ok(())
     }

@@ -17,7 +17,6 @@
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::context::RunCtx;
@@ -25,7 +24,7 @@ use crate::data::block::{LabelNoise, NoiseKind, Normalize};
 use crate::data::DataConfig;
 use crate::models::{ModelConfig, ModelKind};
 use crate::train::optim::{OptimConfig, OptimKind, ScheduleKind};
-use crate::train::supervised::{fit, TrainConfig};
+use crate::train::supervised::{fit, setup, TrainConfig};
 
 pub struct Elr;
 
@@ -142,11 +141,7 @@ impl super::Paper for Elr {
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
-        let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-        data.record(ctx)?;
-        tch::manual_seed(ctx.seed as i64);
-        let vs = nn::VarStore::new(ctx.device);
-        let model = cfg.model.build(&vs.root(), &data.sample_shape, data.classes)?;
+        let (data, vs, model) = setup(&cfg.data, &cfg.model, ctx)?;
         let mut targets = ElrTargets::new(data.train.len(), data.classes, cfg.beta, ctx.device);
         let (loss_kind, lambda, q) = (cfg.loss, cfg.lambda, cfg.gce_q);
         fit(model.as_ref(), &vs, &data, &cfg.train, ctx, |logits, batch| {
@@ -162,11 +157,9 @@ impl super::Paper for Elr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::f64s as v;
     use tch::Device;
 
-    fn v(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
-    }
 
     #[test]
     fn target_update_comes_first_and_touches_only_the_batch() {

@@ -87,7 +87,7 @@ pub fn box_cox_inv(e: f64, lambda: f64) -> f64 {
 
 /// A random calibrated derivative vector for the margins `z` (official `ensLoss.forward`).
 pub fn ensloss_derivatives(z: &[f64], lambda: f64, rng: &mut Rng) -> Vec<f64> {
-    let mut r: Vec<f64> = z.iter().map(|_| -box_cox_inv(normal(rng), lambda)).collect();
+    let mut r: Vec<f64> = z.iter().map(|_| -box_cox_inv(rng.normal(), lambda)).collect();
     r.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
     for x in &mut r {
         *x = x.max(-1.0);
@@ -107,10 +107,6 @@ pub fn ensloss_derivatives(z: &[f64], lambda: f64, rng: &mut Rng) -> Vec<f64> {
     g
 }
 
-fn normal(rng: &mut Rng) -> f64 {
-    let u1 = rng.uniform().max(f64::MIN_POSITIVE);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.uniform()).cos()
-}
 
 /// The EnsLoss surrogate of a batch: mean(g·z) with g a fresh calibrated derivative vector
 /// (constant in the graph), so its gradient is Σ g_i ∇z_i / B.

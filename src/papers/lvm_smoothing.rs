@@ -22,16 +22,16 @@
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, ModuleT};
+use tch::nn::ModuleT;
 use tch::{Kind, Tensor};
 
 use crate::context::RunCtx;
 use crate::data::block::Normalize;
 use crate::data::DataConfig;
 use crate::models::{ModelConfig, ModelKind};
-use crate::robust::smoothing::{certified_metrics, certify, clopper_pearson_lower, gaussian_augment, normal_quantile, Smoothing};
+use crate::robust::smoothing::{certify, clopper_pearson_lower, noisy_logits, normal_quantile, record_certified, CertifyConfig};
 use crate::train::optim::{OptimConfig, OptimKind};
-use crate::train::supervised::{fit, TrainConfig};
+use crate::train::supervised::{fit_with_gaussian_noise, setup, TrainConfig};
 
 pub struct LvmSmoothing;
 
@@ -62,17 +62,11 @@ pub struct Config {
     pub sigma: f64,
     pub method: Method,
     pub selection: Selection,
-    pub n0: u64,
-    pub n: u64,
-    pub alpha: f64,
-    pub batch: u64,
-    /// Test points certified.
-    pub certify_points: i64,
+    pub certify: CertifyConfig,
     /// Temperatures: `temperatures` log-spaced values in [t_min, t_max].
     pub temperatures: usize,
     pub t_min: f64,
     pub t_max: f64,
-    pub radii: Vec<f64>,
 }
 
 impl Default for Config {
@@ -84,15 +78,10 @@ impl Default for Config {
             sigma: 0.25,
             method: Method::Lvm,
             selection: Selection::Separate,
-            n0: 100,
-            n: 10_000,
-            alpha: 0.001,
-            batch: 10_000,
-            certify_points: 200,
+            certify: CertifyConfig::default(),
             temperatures: 50,
             t_min: 0.01,
             t_max: 50.0,
-            radii: vec![0.0, 0.25, 0.5, 0.75, 1.0],
         }
     }
 }
@@ -170,20 +159,6 @@ fn candidate_radius(mean: &[f64], std: &[f64], n: u64, a: f64, sigma: f64, fixed
     (top, two_sided_radius(sigma, lower[top], upper[b]))
 }
 
-fn noisy_logits(model: &dyn ModuleT, x: &Tensor, sigma: f64, num: u64, batch: u64) -> Tensor {
-    let mut parts = vec![];
-    let mut left = num;
-    while left > 0 {
-        let b = left.min(batch) as i64;
-        let mut shape = x.size();
-        shape[0] = b;
-        let xs = x.expand(shape.as_slice(), false);
-        parts.push(tch::no_grad(|| model.forward_t(&(&xs + xs.randn_like() * sigma), false)));
-        left -= b as u64;
-    }
-    Tensor::cat(&parts, 0).to_kind(Kind::Double)
-}
-
 impl LvmSmoothing {
     fn maps(cfg: &Config) -> Vec<Map> {
         let mut maps = vec![Map::Hard];
@@ -198,7 +173,9 @@ impl LvmSmoothing {
 
     /// LVM-RS certificate of one input: Some((class, radius)) or None.
     fn certify_lvm(cfg: &Config, model: &dyn ModuleT, x: &Tensor, classes: i64, maps: &[Map]) -> Option<(i64, f64, Map)> {
-        let a = cfg.alpha / classes as f64;
+        let c = &cfg.certify;
+        let a = c.alpha / classes as f64;
+        let mut classify = |xs: &Tensor| model.forward_t(xs, false).to_kind(Kind::Double);
         let best_of = |logits: &Tensor, n_for_width: u64| -> (Map, usize, f64) {
             maps.iter()
                 .map(|&m| {
@@ -209,14 +186,14 @@ impl LvmSmoothing {
                 .max_by(|x, y| x.2.partial_cmp(&y.2).expect("finite or −∞"))
                 .expect("candidates")
         };
-        let estimate = noisy_logits(model, x, cfg.sigma, cfg.n, cfg.batch);
+        let estimate = noisy_logits(&mut classify, x, cfg.sigma, c.n, c.batch);
         let (map, top, radius) = match cfg.selection {
-            Selection::SameSamples => best_of(&estimate, cfg.n),
+            Selection::SameSamples => best_of(&estimate, c.n),
             Selection::Separate => {
-                let select = noisy_logits(model, x, cfg.sigma, cfg.n0, cfg.batch);
-                let (map, top, _) = best_of(&select, cfg.n);
+                let select = noisy_logits(&mut classify, x, cfg.sigma, c.n0, c.batch);
+                let (map, top, _) = best_of(&select, c.n);
                 let (mean, std) = moments(&apply(map, &estimate));
-                let (_, r) = candidate_radius(&mean, &std, cfg.n, a, cfg.sigma, Some(top), map == Map::Hard);
+                let (_, r) = candidate_radius(&mean, &std, c.n, a, cfg.sigma, Some(top), map == Map::Hard);
                 (map, top, r)
             }
         };
@@ -233,8 +210,9 @@ impl super::Paper for LvmSmoothing {
     fn check(c: &Config) -> Result<()> {
         c.data.check()?;
         c.train.check()?;
-        if !(c.sigma > 0.0) || c.n < 2 || c.n0 < 2 || !(0.0 < c.alpha && c.alpha < 1.0) || c.batch == 0 || c.certify_points < 1 {
-            bail!("`sigma` > 0, `n`, `n0` ≥ 2, `alpha` in (0, 1), `batch` and `certify_points` ≥ 1");
+        c.certify.check()?;
+        if !(c.sigma > 0.0) {
+            bail!("`sigma` must be positive");
         }
         if !(c.t_min > 0.0 && c.t_max > c.t_min) || c.temperatures == 0 {
             bail!("temperatures: 0 < t_min < t_max and at least one temperature");
@@ -247,19 +225,14 @@ impl super::Paper for LvmSmoothing {
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
-        let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-        data.record(ctx)?;
-        tch::manual_seed(ctx.seed as i64);
-        let vs = nn::VarStore::new(ctx.device);
-        let model = cfg.model.build(&vs.root(), &data.sample_shape, data.classes)?;
+        let (data, vs, model) = setup(&cfg.data, &cfg.model, ctx)?;
         let m = model.as_ref();
-        // Gaussian noise augmentation (Cohen et al.): train on x + N(0, σ²I).
         let sigma = cfg.sigma;
-        fit(m, &vs, &data, &cfg.train, ctx, |_, b| Ok(m.forward_t(&gaussian_augment(b.x, sigma), true).cross_entropy_for_logits(b.y)))?;
+        fit_with_gaussian_noise(m, &vs, &data, &cfg.train, sigma, ctx)?;
 
-        let points = cfg.certify_points.min(data.test.len());
+        let points = cfg.certify.points.min(data.test.len());
         let maps = Self::maps(cfg);
-        let smoothing = Smoothing { sigma, n0: cfg.n0, n: cfg.n, alpha: cfg.alpha, batch: cfg.batch };
+        let smoothing = cfg.certify.smoothing(sigma);
         let mut results = vec![];
         let (mut hard, mut soft, mut sparse) = (0.0f64, 0.0f64, 0.0f64);
         let clock = std::time::Instant::now();
@@ -281,13 +254,9 @@ impl super::Paper for LvmSmoothing {
             ctx.tick(i as u64 + 1, points as u64)?;
         }
         let seconds = clock.elapsed().as_secs_f64();
-        let (at, acr, abstain) = certified_metrics(&results, &cfg.radii);
-        for (r, v) in cfg.radii.iter().zip(at) {
-            ctx.set_final(&format!("cert_acc_r{r}"), v)?;
-        }
-        ctx.set_final("acr", acr)?;
-        ctx.set_final("abstain", abstain)?;
-        let samples = points as f64 * (cfg.n + if cfg.selection == Selection::Separate || cfg.method == Method::Cohen { cfg.n0 } else { 0 }) as f64;
+        record_certified(ctx, &results, &cfg.certify.radii, "")?;
+        let c = &cfg.certify;
+        let samples = points as f64 * (c.n + if cfg.selection == Selection::Separate || cfg.method == Method::Cohen { c.n0 } else { 0 }) as f64;
         ctx.set_final("noise_samples_per_s", samples / seconds.max(1e-9))?;
         if cfg.method == Method::Lvm {
             let total = (hard + soft + sparse).max(1.0);
@@ -302,10 +271,8 @@ impl super::Paper for LvmSmoothing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::f64s as v;
 
-    fn v(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
-    }
 
     #[test]
     fn sparsemax_is_the_simplex_projection_with_the_right_limits() {
@@ -354,7 +321,8 @@ mod tests {
         let model = Lin(Tensor::from_slice(&[3.0f32, -4.0]));
         let x = Tensor::from_slice(&[0.2f32, -0.1]).view([1, 2]);
         // α 1e-4 over 10 certificates: a sound procedure fails this test with probability ≤ 0.1%.
-        let cfg = Config { sigma: 0.5, n0: 100, n: 5000, alpha: 1e-4, batch: 5000, temperatures: 8, ..Config::default() };
+        let certify = CertifyConfig { n0: 100, n: 5000, alpha: 1e-4, batch: 5000, ..CertifyConfig::default() };
+        let cfg = Config { sigma: 0.5, certify, temperatures: 8, ..Config::default() };
         let maps = LvmSmoothing::maps(&cfg);
         let mut too_large = 0;
         for _ in 0..10 {

@@ -49,10 +49,6 @@ impl Default for Config {
     }
 }
 
-fn normal(rng: &mut Rng) -> f64 {
-    let u1 = rng.uniform().max(f64::MIN_POSITIVE);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.uniform()).cos()
-}
 
 fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
@@ -67,7 +63,7 @@ pub fn project_ball(v: &mut [f64]) {
 }
 
 fn unit(rng: &mut Rng, d: usize) -> Vec<f64> {
-    let mut v: Vec<f64> = (0..d).map(|_| normal(rng)).collect();
+    let mut v: Vec<f64> = (0..d).map(|_| rng.normal()).collect();
     let n = norm(&v).max(1e-300);
     v.iter_mut().for_each(|x| *x /= n);
     v
@@ -95,7 +91,7 @@ pub fn play(cfg: &Config, rng: &mut Rng) -> (f64, f64, f64) {
         let m: &[f64] = if cfg.algorithm == Algorithm::Oomd { &hint } else { &[] };
         let mut x: Vec<f64> = (0..d).map(|i| x_hat[i] - eta * m.get(i).copied().unwrap_or(0.0)).collect();
         project_ball(&mut x);
-        let noise: Vec<f64> = (0..d).map(|_| normal(rng) * cfg.noise / (d as f64).sqrt()).collect();
+        let noise: Vec<f64> = (0..d).map(|_| rng.normal() * cfg.noise / (d as f64).sqrt()).collect();
         sigma2 += noise.iter().map(|v| v * v).sum::<f64>();
         let g: Vec<f64> = (0..d).map(|i| mean[i] + noise[i]).collect();
         loss += g.iter().zip(&x).map(|(a, b)| a * b).sum::<f64>();

@@ -16,7 +16,6 @@
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::context::RunCtx;
@@ -25,7 +24,7 @@ use crate::data::DataConfig;
 use crate::losses::metrics::ece;
 use crate::models::{ModelConfig, ModelKind};
 use crate::train::optim::{OptimConfig, OptimKind, ScheduleKind};
-use crate::train::supervised::{fit, predict, soft_cross_entropy, TrainConfig};
+use crate::train::supervised::{fit, predict, setup, soft_cross_entropy, TrainConfig};
 
 pub struct PsKd;
 
@@ -131,11 +130,7 @@ impl super::Paper for PsKd {
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
-        let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-        data.record(ctx)?;
-        tch::manual_seed(ctx.seed as i64);
-        let vs = nn::VarStore::new(ctx.device);
-        let model = cfg.model.build(&vs.root(), &data.sample_shape, data.classes)?;
+        let (data, vs, model) = setup(&cfg.data, &cfg.model, ctx)?;
         let mut past = PastPredictions::new(data.train.len(), data.classes, cfg.alpha_t, cfg.train.epochs, ctx.device);
         let (kind, eps, classes) = (cfg.loss, cfg.smoothing, data.classes);
         fit(model.as_ref(), &vs, &data, &cfg.train, ctx, |logits, batch| {
@@ -156,11 +151,9 @@ impl super::Paper for PsKd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::f64s as v;
     use tch::Device;
 
-    fn v(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
-    }
 
     #[test]
     fn alpha_zero_is_cross_entropy_and_the_gradient_is_p_minus_target() {

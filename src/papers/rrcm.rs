@@ -28,7 +28,7 @@ use tch::{Kind, Tensor};
 use crate::context::{Rng, RunCtx};
 use crate::data::block::{Augment, Normalize};
 use crate::data::DataConfig;
-use crate::robust::smoothing::{certified_metrics, certify, Smoothing};
+use crate::robust::smoothing::{certify, record_certified, CertifyConfig};
 
 pub struct Rrcm;
 
@@ -64,11 +64,7 @@ pub struct Config {
     pub finetune_lr: f64,
     pub consistency_lambda: f64,
     pub consistency_eta: f64,
-    pub n0: u64,
-    pub n: u64,
-    pub alpha: f64,
-    pub certify_points: i64,
-    pub radii: Vec<f64>,
+    pub certify: CertifyConfig,
 }
 
 impl Default for Config {
@@ -91,11 +87,7 @@ impl Default for Config {
             finetune_lr: 1e-3,
             consistency_lambda: 10.0,
             consistency_eta: 0.5,
-            n0: 64,
-            n: 2000,
-            alpha: 0.001,
-            certify_points: 300,
-            radii: vec![0.0, 0.25, 0.5, 0.75, 1.0],
+            certify: CertifyConfig { n0: 64, n: 2000, alpha: 0.001, batch: 2000, points: 300, radii: vec![0.0, 0.25, 0.5, 0.75, 1.0] },
         }
     }
 }
@@ -206,8 +198,9 @@ impl super::Paper for Rrcm {
         if !(c.sigma > 0.0) || c.levels < 2 || !(c.sigma_max > c.sigma_min && c.sigma_min > 0.0) || !(c.tau > 0.0) || !(0.0..=1.0).contains(&c.ema) {
             bail!("`sigma` > 0, `levels` ≥ 2, 0 < sigma_min < sigma_max, `tau` > 0, `ema` in [0, 1]");
         }
-        if c.n0 == 0 || c.n == 0 || !(0.0 < c.alpha && c.alpha < 1.0) || c.certify_points < 1 || c.pretrain_batch < 2 {
-            bail!("`n0`, `n`, `certify_points` ≥ 1, `pretrain_batch` ≥ 2, `alpha` in (0, 1)");
+        c.certify.check()?;
+        if c.pretrain_batch < 2 {
+            bail!("`pretrain_batch` must be at least 2 (InfoNCE needs in-batch negatives)");
         }
         Ok(())
     }
@@ -283,9 +276,9 @@ impl super::Paper for Rrcm {
         ctx.set_final("clean_acc_base", clean)?;
 
         // Certification: pixel-scale noise σ, the encoder sees 2(x + ε) − 1 at its conditioning level.
-        let s = Smoothing { sigma: cfg.sigma, n0: cfg.n0, n: cfg.n, alpha: cfg.alpha, batch: cfg.n.max(cfg.n0) };
+        let s = cfg.certify.smoothing(cfg.sigma);
         let mut classify = |x: &Tensor| enc.logits(&to_model(x), cond);
-        let points = cfg.certify_points.min(data.test.len());
+        let points = cfg.certify.points.min(data.test.len());
         let mut results = vec![];
         let clock = std::time::Instant::now();
         for i in 0..points {
@@ -293,13 +286,8 @@ impl super::Paper for Rrcm {
             results.push((cert, data.test.y.int64_value(&[i])));
         }
         let seconds = clock.elapsed().as_secs_f64();
-        let (at, acr, abstain) = certified_metrics(&results, &cfg.radii);
-        for (r, v) in cfg.radii.iter().zip(at) {
-            ctx.set_final(&format!("cert_acc_r{r}"), v)?;
-        }
-        ctx.set_final("acr", acr)?;
-        ctx.set_final("abstain", abstain)?;
-        ctx.set_final("noise_samples_per_s", points as f64 * (cfg.n0 + cfg.n) as f64 / seconds.max(1e-9))
+        record_certified(ctx, &results, &cfg.certify.radii, "")?;
+        ctx.set_final("noise_samples_per_s", points as f64 * (cfg.certify.n0 + cfg.certify.n) as f64 / seconds.max(1e-9))
     }
 }
 

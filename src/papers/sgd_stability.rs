@@ -53,10 +53,6 @@ pub fn curvature(x: &Tensor, u: &Tensor, v: &Tensor) -> (f64, f64) {
     (trace, top)
 }
 
-fn normal(rng: &mut Rng) -> f64 {
-    let u1 = rng.uniform().max(f64::MIN_POSITIVE);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.uniform()).cos()
-}
 
 impl super::Paper for SgdStability {
     const KEY: &'static str = "sgd_stability";
@@ -76,7 +72,7 @@ impl super::Paper for SgdStability {
         let opts = (Kind::Double, device);
         let mut rng = Rng::new(ctx.seed ^ 0x56D);
         let (n, d) = (cfg.samples, cfg.dim);
-        let xs: Vec<f64> = (0..n * d).map(|_| normal(&mut rng)).collect();
+        let xs: Vec<f64> = (0..n * d).map(|_| rng.normal()).collect();
         let x = Tensor::from_slice(&xs).view([n, d]).to_device(device);
         let mut support: Vec<i64> = (0..d).collect();
         rng.shuffle(&mut support);

@@ -103,18 +103,12 @@ impl Default for Config {
     }
 }
 
-/// Standard normal pairs by Box–Muller from the run's RNG.
-fn normal(rng: &mut Rng) -> f64 {
-    let u1 = rng.uniform().max(f64::MIN_POSITIVE);
-    let u2 = rng.uniform();
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
 
 fn mixture(rng: &mut Rng, count: i64, means: &[(f64, f64)], std: f64) -> Vec<(f64, f64)> {
     (0..count)
         .map(|_| {
             let (mx, my) = means[rng.below(means.len() as u64) as usize];
-            (mx + std * normal(rng), my + std * normal(rng))
+            (mx + std * rng.normal(), my + std * rng.normal())
         })
         .collect()
 }

@@ -216,11 +216,9 @@ impl super::Paper for WeightCompander {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::f64s as v;
     use tch::Device;
 
-    fn v(t: &Tensor) -> Vec<f64> {
-        Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap()
-    }
 
     #[test]
     fn companders_bound_expand_small_weights_and_invert() {

@@ -108,21 +108,17 @@ impl Default for Config {
     }
 }
 
-fn normal(rng: &mut Rng) -> f64 {
-    let u1 = rng.uniform().max(f64::MIN_POSITIVE);
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * rng.uniform()).cos()
-}
 
 /// Class prototypes μ_c ~ N(0, I) and samples μ_c + s·ξ, from the run's RNG.
 fn prototypes(cfg: &Config, rng: &mut Rng, device: Device) -> Data {
     let (k, d) = (cfg.classes, cfg.dim);
-    let protos: Vec<f64> = (0..k * d).map(|_| normal(rng)).collect();
+    let protos: Vec<f64> = (0..k * d).map(|_| rng.normal()).collect();
     let mut draw = |per: i64| -> Split {
         let mut x = Vec::with_capacity((k * per * d) as usize);
         let mut y = Vec::with_capacity((k * per) as usize);
         for c in 0..k {
             for _ in 0..per {
-                x.extend((0..d).map(|j| (protos[(c * d + j) as usize] + cfg.noise * normal(rng)) as f32));
+                x.extend((0..d).map(|j| (protos[(c * d + j) as usize] + cfg.noise * rng.normal()) as f32));
                 y.push(c);
             }
         }

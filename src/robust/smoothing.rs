@@ -6,8 +6,74 @@
 //! classifier's device from torch's generator (seeded by the run).
 
 use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{Beta, Binomial, ContinuousCDF, DiscreteCDF, Normal};
 use tch::Tensor;
+
+use crate::context::RunCtx;
+
+/// The `certify:` block of a smoothing paper's Config: Monte-Carlo sizes, level, test points and
+/// the radii certified accuracy is reported at.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertifyConfig {
+    /// Selection samples.
+    pub n0: u64,
+    /// Estimation samples.
+    pub n: u64,
+    pub alpha: f64,
+    /// Noise samples per forward pass.
+    pub batch: u64,
+    /// Test points certified (the first ones of the test split).
+    pub points: i64,
+    pub radii: Vec<f64>,
+}
+
+impl Default for CertifyConfig {
+    fn default() -> Self {
+        CertifyConfig { n0: 100, n: 10_000, alpha: 0.001, batch: 10_000, points: 200, radii: vec![0.0, 0.25, 0.5, 0.75, 1.0] }
+    }
+}
+
+impl CertifyConfig {
+    pub fn check(&self) -> Result<()> {
+        if self.n0 < 2 || self.n < 2 || !(0.0 < self.alpha && self.alpha < 1.0) || self.batch == 0 || self.points < 1 {
+            bail!("`certify`: n0 and n ≥ 2, alpha in (0, 1), batch and points ≥ 1");
+        }
+        Ok(())
+    }
+
+    pub fn smoothing(&self, sigma: f64) -> Smoothing {
+        Smoothing { sigma, n0: self.n0, n: self.n, alpha: self.alpha, batch: self.batch }
+    }
+}
+
+/// Records certified accuracy at each radius (`{prefix}cert_acc_r{r}`), `{prefix}acr` and
+/// `{prefix}abstain` as final metrics.
+pub fn record_certified(ctx: &mut RunCtx, results: &[(Option<(i64, f64)>, i64)], radii: &[f64], prefix: &str) -> Result<()> {
+    let (at, acr, abstain) = certified_metrics(results, radii);
+    for (r, v) in radii.iter().zip(at) {
+        ctx.set_final(&format!("{prefix}cert_acc_r{r}"), v)?;
+    }
+    ctx.set_final(&format!("{prefix}acr"), acr)?;
+    ctx.set_final(&format!("{prefix}abstain"), abstain)
+}
+
+/// Logits of `classify` on `num` noisy copies x + σε of the single input `x` [1, ...], in
+/// batches of `batch`, concatenated [num, C].
+pub fn noisy_logits(classify: &mut impl FnMut(&Tensor) -> Tensor, x: &Tensor, sigma: f64, num: u64, batch: u64) -> Tensor {
+    let mut parts = vec![];
+    let mut left = num;
+    while left > 0 {
+        let b = left.min(batch) as i64;
+        let mut shape = x.size();
+        shape[0] = b;
+        let xs = x.expand(shape.as_slice(), false);
+        parts.push(tch::no_grad(|| classify(&(&xs + xs.randn_like() * sigma))));
+        left -= b as u64;
+    }
+    Tensor::cat(&parts, 0)
+}
 
 /// The one-sided (1 − α) Clopper–Pearson lower bound on a binomial proportion with `k`
 /// successes in `n` trials: the α-quantile of Beta(k, n − k + 1); 0 when k = 0.
@@ -49,22 +115,9 @@ pub struct Smoothing {
 /// Counts of each class among `num` noisy copies of the single input `x` [1, ...] classified
 /// by `classify` (logits [B, C] → arg-max).
 pub fn sample_counts(classify: &mut impl FnMut(&Tensor) -> Tensor, x: &Tensor, sigma: f64, num: u64, batch: u64, classes: i64) -> Vec<u64> {
-    let mut counts = vec![0u64; classes as usize];
-    let mut left = num;
-    while left > 0 {
-        let b = left.min(batch) as i64;
-        let mut shape = x.size();
-        shape[0] = b;
-        let xs = x.expand(shape.as_slice(), false);
-        let noisy = &xs + xs.randn_like() * sigma;
-        let preds = tch::no_grad(|| classify(&noisy)).argmax(-1, false);
-        let binc = preds.bincount::<Tensor>(None, classes).to_device(tch::Device::Cpu);
-        for (c, v) in Vec::<i64>::try_from(binc).expect("counts").into_iter().enumerate() {
-            counts[c] += v as u64;
-        }
-        left -= b as u64;
-    }
-    counts
+    let preds = noisy_logits(classify, x, sigma, num, batch).argmax(-1, false);
+    let binc = preds.bincount::<Tensor>(None, classes).to_device(tch::Device::Cpu);
+    Vec::<i64>::try_from(binc).expect("counts").into_iter().map(|v| v as u64).collect()
 }
 
 fn top_two(counts: &[u64]) -> (usize, u64, u64) {

@@ -12,7 +12,8 @@ use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
 use crate::context::RunCtx;
-use crate::data::Data;
+use crate::data::{Data, DataConfig};
+use crate::models::ModelConfig;
 use crate::losses::classify::accuracy;
 use crate::losses::metrics::{aurc, ece, memorisation, nll, top_k_accuracy};
 use crate::train::optim::OptimConfig;
@@ -120,6 +121,23 @@ pub fn fit<M: ModuleT + ?Sized>(
     ctx.set_final("best_test_acc", best)?;
     ctx.set_final("test_acc_drop", best - last_acc)?;
     Ok(())
+}
+
+/// The common start of a supervised paper's run: load the data block (recording its sizes and
+/// noise rate), seed torch from the run seed, and build the model on the run's device.
+pub fn setup(data: &DataConfig, model: &ModelConfig, ctx: &mut RunCtx) -> Result<(Data, nn::VarStore, Box<dyn ModuleT>)> {
+    let data = data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
+    data.record(ctx)?;
+    tch::manual_seed(ctx.seed as i64);
+    let vs = nn::VarStore::new(ctx.device);
+    let model = model.build(&vs.root(), &data.sample_shape, data.classes)?;
+    Ok((data, vs, model))
+}
+
+/// Gaussian noise augmentation (Cohen et al. 2019): cross-entropy on x + σ·N(0, I), a fresh
+/// draw per batch — the base-classifier training of the randomized-smoothing papers.
+pub fn fit_with_gaussian_noise<M: ModuleT + ?Sized>(model: &M, vs: &nn::VarStore, data: &Data, cfg: &TrainConfig, sigma: f64, ctx: &mut RunCtx) -> Result<()> {
+    fit(model, vs, data, cfg, ctx, |_, b| Ok(model.forward_t(&(b.x + b.x.randn_like() * sigma), true).cross_entropy_for_logits(b.y)))
 }
 
 /// Mean cross-entropy of logits against (soft) target distributions [N, C].
