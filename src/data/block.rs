@@ -492,7 +492,6 @@ fn labels_vec(y: &Tensor) -> Vec<i64> {
     Vec::<i64>::try_from(y.to_device(Device::Cpu).to_kind(Kind::Int64)).expect("labels")
 }
 
-
 /// Keeps the rows whose label is in `keep`, relabelled to its position there.
 fn keep_classes(x: &Tensor, y: &Tensor, keep: &[i64]) -> (Tensor, Tensor) {
     let labels = labels_vec(y);

@@ -78,7 +78,6 @@ mod tests {
     use crate::testutil::f64s as v;
     use tch::{Device, Kind};
 
-
     #[test]
     fn z_loss_is_shift_and_scale_invariant_and_matches_a_known_value() {
         let o = Tensor::randn([6, 11], (Kind::Double, Device::Cpu));

@@ -35,7 +35,6 @@ mod tests {
     use crate::testutil::f64s as vecf;
     use tch::Device;
 
-
     #[test]
     fn s_is_positive_and_c1_at_zero() {
         let h = 1e-7;

@@ -158,7 +158,6 @@ mod tests {
     use crate::testutil::f64s as v;
     use tch::Device;
 
-
     #[test]
     fn special_cases_of_the_family() {
         let h = Tensor::from_slice(&[0.3f64, -1.2, 2.0, 0.1, -0.5, 1.5, 0.0, -2.2, 0.7, 0.4, -0.8, 0.9, 1.1, -0.3, 0.2, 2.5, -1.0, 0.6, 0.0, -0.4, 0.1, 0.8, -1.7, 1.3, 0.5, -0.6, 0.9, 1.4, -2.0, 0.05, 0.0]).narrow(0, 0, 30).view([6, 5]);

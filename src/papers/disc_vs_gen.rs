@@ -44,7 +44,6 @@ impl Default for Config {
     }
 }
 
-
 /// Per-feature standard deviations of the "easy" generator: √n on the first n/2, 1 after.
 fn stds(n: i64) -> Vec<f64> {
     (0..n).map(|j| if j < n / 2 { (n as f64).sqrt() } else { 1.0 }).collect()

@@ -160,7 +160,6 @@ mod tests {
     use crate::testutil::f64s as v;
     use tch::Device;
 
-
     #[test]
     fn target_update_comes_first_and_touches_only_the_batch() {
         let mut t = ElrTargets::new(4, 3, 0.7, Device::Cpu);

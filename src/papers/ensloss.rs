@@ -107,7 +107,6 @@ pub fn ensloss_derivatives(z: &[f64], lambda: f64, rng: &mut Rng) -> Vec<f64> {
     g
 }
 
-
 /// The EnsLoss surrogate of a batch: mean(g·z) with g a fresh calibrated derivative vector
 /// (constant in the graph), so its gradient is Σ g_i ∇z_i / B.
 pub fn ensloss_batch(z: &Tensor, lambda: f64, rng: &mut Rng) -> Result<Tensor> {

@@ -273,7 +273,6 @@ mod tests {
     use super::*;
     use crate::testutil::f64s as v;
 
-
     #[test]
     fn sparsemax_is_the_simplex_projection_with_the_right_limits() {
         let z = Tensor::from_slice(&[0.5f64, -0.2, 1.3, 0.9, 0.05, 0.7]).view([1, 6]);

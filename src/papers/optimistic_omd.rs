@@ -49,7 +49,6 @@ impl Default for Config {
     }
 }
 
-
 fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }

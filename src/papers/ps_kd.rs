@@ -154,7 +154,6 @@ mod tests {
     use crate::testutil::f64s as v;
     use tch::Device;
 
-
     #[test]
     fn alpha_zero_is_cross_entropy_and_the_gradient_is_p_minus_target() {
         let z = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.1, 0.3, -0.2]).view([2, 3]).set_requires_grad(true);

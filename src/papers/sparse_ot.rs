@@ -103,7 +103,6 @@ impl Default for Config {
     }
 }
 
-
 fn mixture(rng: &mut Rng, count: i64, means: &[(f64, f64)], std: f64) -> Vec<(f64, f64)> {
     (0..count)
         .map(|_| {

@@ -219,7 +219,6 @@ mod tests {
     use crate::testutil::f64s as v;
     use tch::Device;
 
-
     #[test]
     fn companders_bound_expand_small_weights_and_invert() {
         let w = Tensor::from_slice(&[-0.2f64, -0.01, 0.0, 0.003, 0.15]);

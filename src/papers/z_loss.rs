@@ -108,7 +108,6 @@ impl Default for Config {
     }
 }
 
-
 /// Class prototypes μ_c ~ N(0, I) and samples μ_c + s·ξ, from the run's RNG.
 fn prototypes(cfg: &Config, rng: &mut Rng, device: Device) -> Data {
     let (k, d) = (cfg.classes, cfg.dim);
