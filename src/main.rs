@@ -253,6 +253,7 @@ fn cmd_run(args: RunArgs, quiet: bool, data_dir: &Path) -> Result<ExitCode> {
             groups: p.spec.groups(),
             runs: p.runs.iter().map(|r| (r.id.clone(), r.group.clone())).collect(),
             claims: p.spec.spec.claims.clone(),
+            points: p.spec.group_points(),
         };
         experiment.write(&exp_dir)?;
         let runs = match shard {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{csv_bytes, write_atomic};
 use crate::runner::{read_summary, SUMMARY_HEAD};
-use crate::spec::Claim;
+use crate::spec::{trend_groups, trend_name, Claim, GroupPoint, Trend};
 
 /// What `run` records about an experiment so `report` knows the planned runs and the claims.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +26,9 @@ pub struct Experiment {
     /// (run id, group), in expansion order.
     pub runs: Vec<(String, String)>,
     pub claims: Vec<Claim>,
+    /// Each group's variant and sweep point, for trend claims (absent in files from before them).
+    #[serde(default)]
+    pub points: Vec<GroupPoint>,
 }
 
 pub const EXPERIMENT_FILE: &str = "experiment.json";
@@ -129,7 +132,7 @@ pub fn report(exp_dir: &Path) -> Result<Report> {
         writeln!(md, "| {} |", cells.join(" | ")).ok();
     }
 
-    let claims: Vec<ClaimResult> = exp.claims.iter().map(|c| evaluate(c, &stats, &planned)).collect();
+    let claims: Vec<ClaimResult> = exp.claims.iter().map(|c| evaluate(c, &stats, &planned, &exp.points)).collect();
     if !claims.is_empty() {
         writeln!(md).ok();
         writeln!(md, "## Claims").ok();
@@ -170,7 +173,7 @@ fn discover(exp_dir: &Path) -> Result<Experiment> {
         }
     }
     let name = exp_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    Ok(Experiment { name, paper: "?".into(), title: "(no experiment.json)".into(), arxiv: "?".into(), spec_file: "?".into(), groups, runs, claims: vec![] })
+    Ok(Experiment { name, paper: "?".into(), title: "(no experiment.json)".into(), arxiv: "?".into(), spec_file: "?".into(), groups, runs, claims: vec![], points: vec![] })
 }
 
 fn write_summary(exp_dir: &Path, rows: &[Row]) -> Result<()> {
@@ -192,7 +195,7 @@ fn write_summary(exp_dir: &Path, rows: &[Row]) -> Result<()> {
     write_atomic(&exp_dir.join("summary.csv"), &csv_bytes(&header, &table)?)
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct GroupStats {
     ok: usize,
     /// metric → values of the ok runs
@@ -290,9 +293,12 @@ fn group_mean(stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMap<&str, usize
     }
 }
 
-fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMap<&str, usize>) -> ClaimResult {
+fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMap<&str, usize>, points: &[GroupPoint]) -> ClaimResult {
     let m = &claim.metric;
     let note = claim.note.as_ref().map(|n| format!(" — {n}")).unwrap_or_default();
+    if let Some(trend) = claim.trend {
+        return evaluate_trend(claim, trend, stats, planned, points, &note);
+    }
     if let (Some(than), Some((subject, higher))) =
         (&claim.than, claim.higher.as_ref().map(|h| (h, true)).or(claim.lower.as_ref().map(|l| (l, false))))
     {
@@ -336,6 +342,128 @@ fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMa
     }
 }
 
+/// A trend claim: the means of the claim's groups, ordered by the `across` value, judged by the
+/// trend's rule (see [`Trend`]). UNKNOWN unless every planned run of every selected group is ok.
+fn evaluate_trend(
+    claim: &Claim,
+    trend: Trend,
+    stats: &BTreeMap<&str, GroupStats>,
+    planned: &BTreeMap<&str, usize>,
+    points: &[GroupPoint],
+    note: &str,
+) -> ClaimResult {
+    let m = &claim.metric;
+    let variant = claim.variant.clone().unwrap_or_default();
+    let across = claim.across.as_ref().map(|a| a.keys()).unwrap_or_default();
+    let fixed: Vec<String> = claim
+        .where_
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{}={}", k.as_str().unwrap_or_default(), crate::params::scalar_label(v)))
+        .collect();
+    let (lo, hi) = (claim.at_least, claim.at_most);
+    let rule = match trend {
+        Trend::Increasing | Trend::Decreasing | Trend::UShaped => match claim.margin {
+            Some(mg) if mg != 0.0 => format!("{} (margin {})", trend_name(trend), fmt_num(mg)),
+            _ => trend_name(trend).to_string(),
+        },
+        Trend::Flat => format!("flat (max/min ≤ {})", fmt_num(hi.unwrap_or(f64::NAN))),
+        Trend::Slope => {
+            let bounds: Vec<String> = lo.map(|v| format!("≥ {}", fmt_num(v))).into_iter().chain(hi.map(|v| format!("≤ {}", fmt_num(v)))).collect();
+            format!("{} slope {}", slope_axes(claim), bounds.join(" and "))
+        }
+    };
+    let where_text = if fixed.is_empty() { String::new() } else { format!(" where {}", fixed.join(", ")) };
+    let text = format!("`{m}`: {variant} across {}{where_text}: {rule}{note}", across.join(" × "));
+    let unknown = |why: String| ClaimResult { text: text.clone(), measured: why, pass: None };
+
+    let selected = trend_groups(claim, points);
+    if selected.is_empty() {
+        return unknown("no sweep points recorded for this claim (rerun `reglab run` to refresh experiment.json)".into());
+    }
+    // (x label, x, mean) per point.
+    let mut values: Vec<(String, f64, f64)> = vec![];
+    let mut errors = vec![];
+    for p in &selected {
+        let label: Vec<String> = p.sweep.iter().filter(|(k, _)| across.contains(k)).map(|(k, v)| format!("{k}={v}")).collect();
+        let x = p.sweep.iter().find(|(k, _)| across.first() == Some(k)).and_then(|(_, v)| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+        match group_mean(stats, planned, &p.group, m) {
+            Ok(y) => values.push((label.join(","), x, y)),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return unknown(errors.join("; "));
+    }
+    if trend != Trend::Flat {
+        values.sort_by(|a, b| a.1.total_cmp(&b.1));
+    }
+    let listed = values.iter().map(|(l, _, y)| format!("{l}: {}", fmt_num(*y))).collect::<Vec<_>>().join(", ");
+    let ys: Vec<f64> = values.iter().map(|v| v.2).collect();
+    let margin = claim.margin.unwrap_or(0.0);
+    let (pass, detail) = match trend {
+        Trend::Increasing | Trend::Decreasing => {
+            let sign = if trend == Trend::Increasing { 1.0 } else { -1.0 };
+            let worst = ys.windows(2).map(|w| sign * (w[1] - w[0])).fold(f64::INFINITY, f64::min);
+            (worst > margin, format!("smallest step {}", fmt_num(sign * worst)))
+        }
+        Trend::UShaped => {
+            let (imin, ymin) = ys.iter().copied().enumerate().fold((0, f64::INFINITY), |acc, (i, y)| if y < acc.1 { (i, y) } else { acc });
+            let last = ys.len() - 1;
+            let rise = (ys[0] - ymin).min(ys[last] - ymin);
+            let interior = imin > 0 && imin < last;
+            let at = &values[imin].0;
+            (interior && rise > margin, format!("minimum at {at}{}, ends above it by ≥ {}", if interior { "" } else { " (an end)" }, fmt_num(rise)))
+        }
+        Trend::Flat => {
+            let (mn, mx) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+            if mn <= 0.0 {
+                (false, format!("min {} ≤ 0: a ratio of means needs positive values", fmt_num(mn)))
+            } else {
+                let ratio = mx / mn;
+                (ratio <= hi.unwrap_or(f64::INFINITY), format!("max/min {}", fmt_num(ratio)))
+            }
+        }
+        Trend::Slope => {
+            let axes = claim.log.clone().unwrap_or_else(|| vec!["x".into(), "y".into()]);
+            let (lx, ly) = (axes.iter().any(|a| a == "x"), axes.iter().any(|a| a == "y"));
+            match least_squares_slope(&values.iter().map(|v| (v.1, v.2)).collect::<Vec<_>>(), lx, ly) {
+                Ok(b) => (lo.is_none_or(|l| b >= l) && hi.is_none_or(|h| b <= h), format!("slope {}", fmt_num(b))),
+                Err(why) => (false, why),
+            }
+        }
+    };
+    ClaimResult { text, measured: format!("{listed}; {detail}"), pass: Some(pass) }
+}
+
+fn slope_axes(claim: &Claim) -> &'static str {
+    let axes = claim.log.clone().unwrap_or_else(|| vec!["x".into(), "y".into()]);
+    match (axes.iter().any(|a| a == "x"), axes.iter().any(|a| a == "y")) {
+        (true, true) => "log-log",
+        (true, false) => "semi-log (log x)",
+        (false, true) => "semi-log (log y)",
+        (false, false) => "linear",
+    }
+}
+
+/// The ordinary least-squares slope of y on x, on log scales where asked (which need positive values).
+fn least_squares_slope(points: &[(f64, f64)], log_x: bool, log_y: bool) -> Result<f64, String> {
+    let mut xy = vec![];
+    for &(x, y) in points {
+        if (log_x && x <= 0.0) || (log_y && y <= 0.0) {
+            return Err(format!("({}, {}) cannot go on a log scale", fmt_num(x), fmt_num(y)));
+        }
+        xy.push((if log_x { x.ln() } else { x }, if log_y { y.ln() } else { y }));
+    }
+    let n = xy.len() as f64;
+    let (mx, my) = (xy.iter().map(|p| p.0).sum::<f64>() / n, xy.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxx: f64 = xy.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return Err("all x values are equal: no slope".into());
+    }
+    Ok(xy.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,7 +501,71 @@ mod tests {
 
     fn evaluate(c: &Claim, st: &BTreeMap<&'static str, GroupStats>) -> ClaimResult {
         let planned = st.iter().map(|(g, s)| (*g, s.ok + s.other.values().map(|v| v.0).sum::<usize>())).collect();
-        super::evaluate(c, st, &planned)
+        super::evaluate(c, st, &planned, &[])
+    }
+
+    /// Groups `v__k=<x>` of one variant over a one-key sweep, with one value each.
+    fn sweep_stats(variant: &str, key: &str, xs: &[&str], ys: &[f64]) -> (BTreeMap<&'static str, GroupStats>, Vec<GroupPoint>) {
+        let mut st = BTreeMap::new();
+        let mut points = vec![];
+        for (x, y) in xs.iter().zip(ys) {
+            let group: &'static str = Box::leak(format!("{variant}__{key}={x}").into_boxed_str());
+            let mut s = GroupStats { ok: 1, ..Default::default() };
+            s.values.insert("acc".into(), vec![*y]);
+            st.insert(group, s);
+            points.push(GroupPoint { group: group.into(), variant: variant.into(), sweep: vec![(key.into(), x.to_string())] });
+        }
+        (st, points)
+    }
+
+    fn trend(yaml: &str, st: &BTreeMap<&'static str, GroupStats>, points: &[GroupPoint]) -> ClaimResult {
+        let planned = st.iter().map(|(g, s)| (*g, s.ok)).collect();
+        super::evaluate(&claim(yaml), st, &planned, points)
+    }
+
+    #[test]
+    fn trend_claims_order_points_by_their_numeric_value() {
+        // Listed out of order, and "10" sorts before "2" as text: the x axis is numeric.
+        let (st, pts) = sweep_stats("v", "k", &["10", "2", "5"], &[3.0, 1.0, 2.0]);
+        assert_eq!(trend("{metric: acc, variant: v, across: k, trend: increasing}", &st, &pts).pass, Some(true));
+        assert_eq!(trend("{metric: acc, variant: v, across: k, trend: decreasing}", &st, &pts).pass, Some(false));
+        assert_eq!(trend("{metric: acc, variant: v, across: k, trend: increasing, margin: 1.0}", &st, &pts).pass, Some(false));
+        assert_eq!(trend("{metric: acc, variant: v, across: k, trend: increasing, margin: 0.9}", &st, &pts).pass, Some(true));
+        // A monotone curve is not U-shaped; a dip in the middle is.
+        assert_eq!(trend("{metric: acc, variant: v, across: k, trend: u_shaped}", &st, &pts).pass, Some(false));
+        let (st2, pts2) = sweep_stats("v", "k", &["1", "2", "5", "10"], &[3.0, 1.0, 0.5, 2.0]);
+        let r = trend("{metric: acc, variant: v, across: k, trend: u_shaped}", &st2, &pts2);
+        assert_eq!(r.pass, Some(true), "{}", r.measured);
+        assert!(r.measured.contains("minimum at k=5"), "{}", r.measured);
+        assert_eq!(trend("{metric: acc, variant: v, across: k, trend: u_shaped, margin: 1.6}", &st2, &pts2).pass, Some(false));
+    }
+
+    #[test]
+    fn flat_and_slope_trends_measure_ratio_and_log_log_slope() {
+        let (st, pts) = sweep_stats("v", "n", &["16", "64", "256"], &[16.0, 64.0, 256.0]);
+        // y = n: log-log slope 1, linear slope 1, semi-log (log x) slope is not 1.
+        let r = trend("{metric: acc, variant: v, across: n, trend: slope, at_least: 0.99, at_most: 1.01}", &st, &pts);
+        assert_eq!(r.pass, Some(true), "{}", r.measured);
+        assert_eq!(trend("{metric: acc, variant: v, across: n, trend: slope, log: [], at_least: 0.999, at_most: 1.001}", &st, &pts).pass, Some(true));
+        assert_eq!(trend("{metric: acc, variant: v, across: n, trend: slope, log: [x], at_most: 50}", &st, &pts).pass, Some(false));
+        // y = log n grows with a log-log slope well below 1.
+        let (st2, pts2) = sweep_stats("v", "n", &["16", "64", "256"], &[16f64.ln(), 64f64.ln(), 256f64.ln()]);
+        let r = trend("{metric: acc, variant: v, across: n, trend: slope, at_most: 0.5}", &st2, &pts2);
+        assert_eq!(r.pass, Some(true), "{}", r.measured);
+        assert!((least_squares_slope(&[(1.0, 2.0), (2.0, 4.0), (3.0, 6.0)], false, false).unwrap() - 2.0).abs() < 1e-12);
+        // Flat: max/min ratio of the means; a sign change is not flat.
+        assert_eq!(trend("{metric: acc, variant: v, across: n, trend: flat, at_most: 16}", &st, &pts).pass, Some(true));
+        assert_eq!(trend("{metric: acc, variant: v, across: n, trend: flat, at_most: 15.9}", &st, &pts).pass, Some(false));
+        let (st3, pts3) = sweep_stats("v", "n", &["1", "2"], &[-1.0, 1.0]);
+        let r = trend("{metric: acc, variant: v, across: n, trend: flat, at_most: 3}", &st3, &pts3);
+        assert_eq!(r.pass, Some(false));
+        assert!(r.measured.contains("positive"), "{}", r.measured);
+        // A missing point makes the claim UNKNOWN, never judged on the rest.
+        let mut st4 = st.clone();
+        st4.remove("v__n=64");
+        let r = trend("{metric: acc, variant: v, across: n, trend: increasing}", &st4, &pts);
+        assert_eq!(r.pass, None);
+        assert!(r.measured.contains("no run yet"), "{}", r.measured);
     }
 
     #[test]

@@ -51,8 +51,9 @@ pub struct Variant {
 }
 
 /// A claim checked on every report, on means over seeds. Exactly one form:
-/// `higher: A, than: B` / `lower: A, than: B` (with optional `margin`), or
-/// `variant: A` with `at_least` and/or `at_most`.
+/// `higher: A, than: B` / `lower: A, than: B` (with optional `margin`),
+/// `variant: A` with `at_least` and/or `at_most`, or a trend across sweep points:
+/// `variant: V, across: KEY, trend: increasing|decreasing|u_shaped|flat|slope` (see [`Trend`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Claim {
@@ -71,9 +72,62 @@ pub struct Claim {
     pub at_least: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_most: Option<f64>,
+    /// Trend claims: the sweep key (or keys, for `flat`) whose points are compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub across: Option<SweepKeys>,
+    /// Trend claims: values that fix the other sweep keys.
+    #[serde(default, rename = "where", skip_serializing_if = "Option::is_none")]
+    pub where_: Option<Mapping>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trend: Option<Trend>,
+    /// `slope` only: the log-scaled axes, `[x, y]` by default (a log-log slope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<Vec<String>>,
     /// What the claim stands for, in the paper's words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// One sweep key or several.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum SweepKeys {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl SweepKeys {
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            SweepKeys::One(k) => vec![k.clone()],
+            SweepKeys::Many(ks) => ks.clone(),
+        }
+    }
+}
+
+/// How a metric's means behave across the points of a sweep (x ascending):
+/// - `increasing` / `decreasing`: every consecutive step changes by more than `margin` (default 0);
+/// - `u_shaped`: the minimum is at an interior point and below both ends by more than `margin`;
+/// - `flat`: max/min of the means ≤ `at_most` ("roughly constant"; the means must be positive);
+/// - `slope`: the least-squares slope of y on x (log-log unless `log:` says otherwise) lies in
+///   [`at_least`, `at_most`] — e.g. ≈ 1 for "grows like n", ≈ 0 for "grows like log n".
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Trend {
+    Increasing,
+    Decreasing,
+    UShaped,
+    Flat,
+    Slope,
+}
+
+/// A group with its variant and sweep point (key, value label), as the report needs them for
+/// trend claims.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GroupPoint {
+    pub group: String,
+    pub variant: String,
+    pub sweep: Vec<(String, String)>,
 }
 
 fn default_device() -> String {
@@ -166,14 +220,18 @@ pub fn parse(text: &str, path: &Path) -> Result<LoadedSpec> {
         }
     }
     let loaded = LoadedSpec { path: path.to_path_buf(), spec, name, entry };
-    let groups = loaded.groups();
+    let points = loaded.group_points();
     for (i, claim) in loaded.spec.claims.iter().enumerate() {
-        check_claim(claim, &groups).map_err(|e| anyhow!("{file}: `claims[{i}]`: {e}"))?;
+        check_claim(claim, &points, &loaded.spec.sweep).map_err(|e| anyhow!("{file}: `claims[{i}]`: {e}"))?;
     }
     Ok(loaded)
 }
 
-fn check_claim(claim: &Claim, groups: &[String]) -> Result<()> {
+fn check_claim(claim: &Claim, points: &[GroupPoint], sweep: &Mapping) -> Result<()> {
+    if claim.trend.is_some() || claim.across.is_some() || claim.where_.is_some() || claim.log.is_some() {
+        return check_trend_claim(claim, points, sweep);
+    }
+    let groups: Vec<String> = points.iter().map(|p| p.group.clone()).collect();
     let pairwise = claim.higher.is_some() || claim.lower.is_some() || claim.than.is_some();
     let bound = claim.variant.is_some() || claim.at_least.is_some() || claim.at_most.is_some();
     let known = |g: &String| -> Result<()> {
@@ -207,10 +265,130 @@ fn check_claim(claim: &Claim, groups: &[String]) -> Result<()> {
             }
         }
         _ => bail!(
-            "a claim is either `{{metric, higher|lower, than, margin?}}` or `{{metric, variant, at_least?, at_most?}}`"
+            "a claim is either `{{metric, higher|lower, than, margin?}}`, `{{metric, variant, at_least?, at_most?}}` or \
+             `{{metric, variant, across, trend, ...}}`"
         ),
     }
     Ok(())
+}
+
+/// The groups a trend claim compares: the variant's groups whose sweep point matches `where`, in
+/// expansion order. Shared by the spec check and the report so both read a claim the same way.
+pub fn trend_groups<'a>(claim: &Claim, points: &'a [GroupPoint]) -> Vec<&'a GroupPoint> {
+    let variant = claim.variant.clone().unwrap_or_default();
+    let fixed: Vec<(String, String)> = claim
+        .where_
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), params::scalar_label(v)))
+        .collect();
+    points
+        .iter()
+        .filter(|p| p.variant == variant && fixed.iter().all(|(k, v)| p.sweep.iter().any(|(pk, pv)| pk == k && pv == v)))
+        .collect()
+}
+
+fn check_trend_claim(claim: &Claim, points: &[GroupPoint], sweep: &Mapping) -> Result<()> {
+    let form = "a trend claim is `{metric, variant, across, trend, where?, margin?, at_least?, at_most?, log?}`";
+    let trend = claim.trend.ok_or_else(|| anyhow!("`trend:` is missing: one of increasing, decreasing, u_shaped, flat, slope ({form})"))?;
+    if claim.higher.is_some() || claim.lower.is_some() || claim.than.is_some() {
+        bail!("`higher`/`lower`/`than` do not go with `trend:` ({form})");
+    }
+    let variant = claim.variant.as_ref().ok_or_else(|| anyhow!("`variant:` is missing ({form})"))?;
+    let variants: Vec<&str> = points.iter().map(|p| p.variant.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    if !variants.contains(&variant.as_str()) {
+        bail!("unknown variant `{variant}`; a trend claim names a variant without its sweep point, one of: {}", variants.join(", "));
+    }
+    let sweep_keys: Vec<String> = sweep.keys().filter_map(|k| k.as_str().map(str::to_string)).collect();
+    let across = claim.across.as_ref().ok_or_else(|| anyhow!("`across:` is missing: the sweep key whose points are compared ({form})"))?.keys();
+    if across.is_empty() {
+        bail!("`across:` names no sweep key");
+    }
+    if across.len() > 1 && trend != Trend::Flat {
+        bail!("`across:` lists {} keys; only `trend: flat` compares a grid, the others need one sweep key as the x axis", across.len());
+    }
+    for k in &across {
+        if !sweep_keys.contains(k) {
+            bail!("`across: {k}` is not a sweep key; this spec sweeps: {}", if sweep_keys.is_empty() { "nothing (add a `sweep:`)".into() } else { sweep_keys.join(", ") });
+        }
+    }
+    for (k, v) in claim.where_.iter().flatten() {
+        let k = k.as_str().ok_or_else(|| anyhow!("`where:` keys must be sweep keys"))?;
+        if across.iter().any(|a| a == k) {
+            bail!("`where: {k}` fixes a key that `across:` compares");
+        }
+        let values = sweep.get(k).and_then(Value::as_sequence).ok_or_else(|| anyhow!("`where: {k}` is not a sweep key; this spec sweeps: {}", sweep_keys.join(", ")))?;
+        let label = params::scalar_label(v);
+        if !values.iter().any(|x| params::scalar_label(x) == label) {
+            let allowed: Vec<String> = values.iter().map(params::scalar_label).collect();
+            bail!("`where: {k}: {label}` is not one of the sweep's values ({})", allowed.join(", "));
+        }
+    }
+    let fixed: Vec<&str> = claim.where_.iter().flatten().filter_map(|(k, _)| k.as_str()).collect();
+    let free: Vec<&String> = sweep_keys.iter().filter(|k| !across.contains(k) && !fixed.contains(&k.as_str())).collect();
+    if !free.is_empty() {
+        let names: Vec<&str> = free.iter().map(|k| k.as_str()).collect();
+        bail!("the sweep also varies {}; fix it with `where: {{ {}: VALUE }}` or add it to `across:`", names.join(", "), names[0]);
+    }
+    if trend != Trend::Flat {
+        for p in trend_groups(claim, points) {
+            for (k, label) in &p.sweep {
+                if *k == across[0] && label.parse::<f64>().is_err() {
+                    bail!("`across: {k}`: the value `{label}` is not a number; `trend: {}` needs numeric sweep values", trend_name(trend));
+                }
+            }
+        }
+    }
+    let needed = if trend == Trend::UShaped { 3 } else { 2 };
+    let n = trend_groups(claim, points).len();
+    if n < needed {
+        bail!("`trend: {}` needs at least {needed} sweep points, this claim selects {n}", trend_name(trend));
+    }
+    match trend {
+        Trend::Increasing | Trend::Decreasing | Trend::UShaped => {
+            if claim.at_least.is_some() || claim.at_most.is_some() {
+                bail!("`at_least`/`at_most` do not go with `trend: {}`; it takes an optional `margin`", trend_name(trend));
+            }
+            if claim.margin.is_some_and(|m| !m.is_finite()) {
+                bail!("`margin` must be a finite number");
+            }
+        }
+        Trend::Flat => {
+            if claim.margin.is_some() || claim.at_least.is_some() {
+                bail!("`trend: flat` takes `at_most:` (the largest allowed max/min ratio of the means), not `margin`/`at_least`");
+            }
+            if !claim.at_most.is_some_and(|r| r >= 1.0) {
+                bail!("`trend: flat` needs `at_most:` ≥ 1, the largest allowed max/min ratio of the means (e.g. `at_most: 2`)");
+            }
+        }
+        Trend::Slope => {
+            if claim.margin.is_some() {
+                bail!("`trend: slope` takes `at_least:` and/or `at_most:` on the slope, not `margin`");
+            }
+            if claim.at_least.is_none() && claim.at_most.is_none() {
+                bail!("`trend: slope` needs `at_least:` and/or `at_most:` on the slope");
+            }
+        }
+    }
+    if let Some(axes) = &claim.log {
+        if trend != Trend::Slope {
+            bail!("`log:` applies only to `trend: slope`");
+        }
+        if let Some(bad) = axes.iter().find(|a| *a != "x" && *a != "y") {
+            bail!("`log: [{bad}]`: the axes are `x` and `y` (e.g. `log: [x]` for a semi-log slope, `log: []` for a linear one)");
+        }
+    }
+    Ok(())
+}
+
+pub fn trend_name(t: Trend) -> &'static str {
+    match t {
+        Trend::Increasing => "increasing",
+        Trend::Decreasing => "decreasing",
+        Trend::UShaped => "u_shaped",
+        Trend::Flat => "flat",
+        Trend::Slope => "slope",
+    }
 }
 
 impl LoadedSpec {
@@ -245,10 +423,19 @@ impl LoadedSpec {
 
     /// Group labels (run ids without the seed), in expansion order.
     pub fn groups(&self) -> Vec<String> {
+        self.group_points().into_iter().map(|p| p.group).collect()
+    }
+
+    /// Every group with its variant and sweep point, in expansion order.
+    pub fn group_points(&self) -> Vec<GroupPoint> {
         let mut out = vec![];
         for v in self.variants() {
             for point in self.sweep_points() {
-                out.push(group_label(&v.name, &point));
+                out.push(GroupPoint {
+                    group: group_label(&v.name, &point),
+                    variant: v.name.clone(),
+                    sweep: point.iter().map(|(k, x)| (k.clone(), params::scalar_label(x))).collect(),
+                });
             }
         }
         out
@@ -360,6 +547,29 @@ mod tests {
         assert_eq!(c["lr"].as_f64(), Some(0.2)); // variant beats params
         assert_eq!(c["weight_decay"].as_f64(), Some(0.05)); // sweep beats variant
         assert_eq!(c["modulus"], (crate::papers::find("stablemax_grokking").unwrap().defaults)()["modulus"]);
+    }
+
+    #[test]
+    fn trend_claims_are_checked_against_the_sweep() {
+        let grid = "variants: [{name: a}, {name: b}]\nsweep:\n  lr: [0.1, 0.01, 0.001]\n  weight_decay: [0, 1]\n";
+        let ok = |c: &str| spec(&format!("{BASE}{grid}claims:\n  - {c}\n"));
+        ok("{metric: test_acc, variant: a, across: lr, where: {weight_decay: 1}, trend: u_shaped}").unwrap();
+        ok("{metric: test_acc, variant: a, across: [lr, weight_decay], trend: flat, at_most: 2}").unwrap();
+        ok("{metric: test_acc, variant: b, across: lr, where: {weight_decay: 0}, trend: slope, log: [x], at_least: 0}").unwrap();
+        let err = |c: &str, want: &str| {
+            let e = ok(c).unwrap_err().to_string();
+            assert!(e.contains("experiments/t.yaml") && e.contains("claims[0]") && e.contains(want), "{c}: {e}");
+        };
+        err("{metric: test_acc, variant: a, across: lr, trend: increasing}", "fix it with `where: { weight_decay: VALUE }`");
+        err("{metric: test_acc, variant: a, across: momentum, where: {weight_decay: 0}, trend: increasing}", "this spec sweeps: lr, weight_decay");
+        err("{metric: test_acc, variant: a__lr=0.1__weight_decay=0, across: lr, trend: flat, at_most: 2}", "without its sweep point");
+        err("{metric: test_acc, variant: a, across: lr, where: {weight_decay: 7}, trend: increasing}", "not one of the sweep's values (0, 1)");
+        err("{metric: test_acc, variant: a, across: [lr, weight_decay], trend: increasing}", "only `trend: flat` compares a grid");
+        err("{metric: test_acc, variant: a, across: [lr, weight_decay], trend: flat}", "needs `at_most:` ≥ 1");
+        err("{metric: test_acc, variant: a, across: lr, where: {weight_decay: 0}, trend: slope}", "needs `at_least:` and/or `at_most:`");
+        err("{metric: test_acc, variant: a, across: lr, where: {weight_decay: 0}, trend: sideways}", "unknown variant");
+        err("{metric: test_acc, variant: a, across: lr, where: {weight_decay: 0}, trend: increasing, log: [x]}", "`log:` applies only");
+        err("{metric: test_acc, variant: a, across: lr, where: {weight_decay: 0}}", "`trend:` is missing");
     }
 
     #[test]
