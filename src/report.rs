@@ -405,7 +405,7 @@ fn evaluate_trend(
         Trend::Increasing | Trend::Decreasing => {
             let sign = if trend == Trend::Increasing { 1.0 } else { -1.0 };
             let worst = ys.windows(2).map(|w| sign * (w[1] - w[0])).fold(f64::INFINITY, f64::min);
-            (worst > margin, format!("smallest step {}", fmt_num(sign * worst)))
+            (worst > margin, format!("smallest {} {}", if sign > 0.0 { "rise" } else { "fall" }, fmt_num(worst)))
         }
         Trend::UShaped => {
             let (imin, ymin) = ys.iter().copied().enumerate().fold((0, f64::INFINITY), |acc, (i, y)| if y < acc.1 { (i, y) } else { acc });

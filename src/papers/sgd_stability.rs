@@ -8,8 +8,10 @@
 //! satisfy Tr(H) ≤ 2/η, have a smaller ‖β‖₁ and lower error than GD's at the same η.
 //!
 //! Following our note (derived quantities, no official code used): squared loss
-//! L = (1/n) Σ ½(f_i − y_i)², f(x) = ⟨u⊙u − v⊙v, x⟩, initialisation u = v = 0.5·1 (large, so GD is
-//! not sparse), float64, SGD with batch 1 sampled with replacement (the linear-stability
+//! L = (1/n) Σ ½(f_i − y_i)², f(x) = ⟨u⊙u − v⊙v, x⟩, initialisation u = v = `init`·1 (the note's
+//! 0.5 is the default; the CPU spec uses 0.3, still large enough that GD stays dense, because at 0.5
+//! the initial Tr(H) = 8·d·0.25 already caps SGD at η ≈ 0.005 and it diverges before the bound
+//! shapes its minima), float64, SGD with batch 1 sampled with replacement (the linear-stability
 //! setting); at interpolation H is the Gauss–Newton JᵀJ/n with J = [2X diag(u), −2X diag(v)], so
 //! Tr(H) = ‖J‖²_F/n and λ_max(H) = σ_max(J)²/n. A run whose loss exceeds 1e6 is stopped and
 //! reported as `diverged` = 1 (not dropped). Part (B) of the note (a two-layer ReLU and its path
