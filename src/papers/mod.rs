@@ -13,6 +13,7 @@ use crate::context::RunCtx;
 use crate::data::DataConfig;
 use crate::params;
 
+pub mod aggregate_responses;
 pub mod bo_rep;
 pub mod comp_sum_losses;
 pub mod disc_vs_gen;
@@ -112,6 +113,7 @@ pub fn entry<P: Paper>() -> Entry {
 /// Every paper, one line each.
 pub fn registry() -> Vec<Entry> {
     vec![
+        entry::<aggregate_responses::AggregateResponses>(),
         entry::<bo_rep::BoRep>(),
         entry::<comp_sum_losses::CompSumLosses>(),
         entry::<disc_vs_gen::DiscVsGen>(),

@@ -401,7 +401,7 @@ impl Selection {
             }
         }
         self.history.push(e.val_ce);
-        let improved = self.best.map_or(true, |b| e.val_ce < b.val_ce);
+        let improved = self.best.is_none_or(|b| e.val_ce < b.val_ce);
         if improved {
             self.best = Some(e);
             self.since_best = 0;
@@ -483,7 +483,7 @@ fn train_stn(cfg: &Config, data: &Data, val: &Split, ctx: &mut RunCtx) -> Result
     let n_h = cfg.hidden.len() as i64 + 1;
     let (vs, hyper_vs, scale_vs) = (nn::VarStore::new(device), nn::VarStore::new(device), nn::VarStore::new(device));
     let model = StnMlp::new(&vs.root(), &widths(cfg, data), n_h);
-    let hi: Vec<f64> = std::iter::once(cfg.input_drop_max).chain(std::iter::repeat(cfg.drop_max).take(cfg.hidden.len())).collect();
+    let hi: Vec<f64> = std::iter::once(cfg.input_drop_max).chain(std::iter::repeat_n(cfg.drop_max, cfg.hidden.len())).collect();
     let hyper = Hyperparameters::new(&hyper_vs.root(), &scale_vs.root(), &hi, cfg.init_dropout, cfg.perturb_scale);
     let mut opt_phi = nn::Sgd { momentum: cfg.momentum, ..Default::default() }.build(&vs, cfg.train_lr)?;
     let mut opt_hyper = nn::Adam::default().build(&hyper_vs, cfg.valid_lr)?;
