@@ -26,6 +26,7 @@ pub mod nested_coteaching;
 pub mod optimistic_omd;
 pub mod orthogonal_conv;
 pub mod rrcm;
+pub mod self_tuning_networks;
 pub mod sgd_stability;
 pub mod smoothinv;
 pub mod ps_kd;
@@ -126,6 +127,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<optimistic_omd::OptimisticOmd>(),
         entry::<orthogonal_conv::OrthogonalConv>(),
         entry::<rrcm::Rrcm>(),
+        entry::<self_tuning_networks::SelfTuningNetworks>(),
         entry::<sgd_stability::SgdStability>(),
         entry::<smoothinv::SmoothInv>(),
         entry::<ps_kd::PsKd>(),
