@@ -19,8 +19,8 @@ pub mod comp_sum_losses;
 pub mod disc_vs_gen;
 pub mod dual_smoothing;
 pub mod elr;
-pub mod grokking_lazy_rich;
 pub mod ensloss;
+pub mod grokking_lazy_rich;
 pub mod lvm_smoothing;
 pub mod nested_coteaching;
 pub mod optimistic_omd;
@@ -120,8 +120,8 @@ pub fn registry() -> Vec<Entry> {
         entry::<disc_vs_gen::DiscVsGen>(),
         entry::<dual_smoothing::DualSmoothing>(),
         entry::<elr::Elr>(),
-        entry::<grokking_lazy_rich::GrokkingLazyRich>(),
         entry::<ensloss::EnsLoss>(),
+        entry::<grokking_lazy_rich::GrokkingLazyRich>(),
         entry::<lvm_smoothing::LvmSmoothing>(),
         entry::<nested_coteaching::NestedCoteaching>(),
         entry::<optimistic_omd::OptimisticOmd>(),
