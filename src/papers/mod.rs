@@ -26,6 +26,7 @@ pub mod nested_coteaching;
 pub mod optimistic_omd;
 pub mod orthogonal_conv;
 pub mod rrcm;
+pub mod score_estimation;
 pub mod self_tuning_networks;
 pub mod sgd_stability;
 pub mod smoothinv;
@@ -127,6 +128,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<optimistic_omd::OptimisticOmd>(),
         entry::<orthogonal_conv::OrthogonalConv>(),
         entry::<rrcm::Rrcm>(),
+        entry::<score_estimation::ScoreEstimation>(),
         entry::<self_tuning_networks::SelfTuningNetworks>(),
         entry::<sgd_stability::SgdStability>(),
         entry::<smoothinv::SmoothInv>(),
