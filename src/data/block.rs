@@ -304,6 +304,14 @@ impl DataConfig {
         (self.name != "csv").then_some(self.name.as_str())
     }
 
+    /// Loads the data of a run (its data directory, seed and device) and records the split sizes,
+    /// classes and realised noise rate in the run's summary.
+    pub fn load_for_run(&self, ctx: &mut crate::context::RunCtx) -> Result<Data> {
+        let data = self.load(&ctx.data_dir, ctx.seed, ctx.device)?;
+        data.record(ctx)?;
+        Ok(data)
+    }
+
     /// Loads and prepares the data on `device`.
     pub fn load(&self, data_dir: &Path, run_seed: u64, device: Device) -> Result<Data> {
         self.check()?;

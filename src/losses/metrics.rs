@@ -1,5 +1,5 @@
 //! Classification metrics shared by the papers: top-k accuracy, NLL, expected calibration
-//! error, AURC, and memorisation of noisy labels. Inputs are logits [N, C] and labels [N].
+//! error, AURC, AUROC, and memorisation of noisy labels. Inputs are logits [N, C] and labels [N].
 
 use tch::{Kind, Tensor};
 
@@ -83,6 +83,35 @@ pub fn memorisation(logits: &Tensor, observed: &Tensor, truth: &Tensor) -> (f64,
     (as_noisy / n, as_true / n)
 }
 
+/// Area under the ROC curve of `scores` for telling `positive` samples from the rest: the
+/// probability that a random positive outscores a random negative, ties counting ½ (by mid-ranks).
+/// 0.5 when either class is empty.
+pub fn auroc(scores: &[f64], positive: &[bool]) -> f64 {
+    let n = scores.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut ranks = vec![0.0; n];
+    let mut i = 0;
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let mid = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            ranks[k] = mid;
+        }
+        i = j + 1;
+    }
+    let n_pos = positive.iter().filter(|p| **p).count() as f64;
+    let n_neg = n as f64 - n_pos;
+    if n_pos == 0.0 || n_neg == 0.0 {
+        return 0.5;
+    }
+    let rank_sum: f64 = ranks.iter().zip(positive).filter(|(_, p)| **p).map(|(r, _)| r).sum();
+    (rank_sum - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +153,15 @@ mod tests {
         // Predictions [0, 2]; observed [0, 1] vs truth [1, 2]: both noisy; one predicted as noisy, one as true.
         let (m, t) = memorisation(&z, &Tensor::from_slice(&[0i64, 1]), &Tensor::from_slice(&[1i64, 2]));
         assert_eq!((m, t), (0.5, 0.5));
+    }
+
+    #[test]
+    fn auroc_counts_ordered_pairs_and_half_ties() {
+        assert_eq!(auroc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), 0.75);
+        assert_eq!(auroc(&[0.1, 0.2, 0.3, 0.4], &[false, false, true, true]), 1.0);
+        assert_eq!(auroc(&[0.4, 0.3, 0.2, 0.1], &[false, false, true, true]), 0.0);
+        assert_eq!(auroc(&[1.0; 5], &[true, false, true, false, false]), 0.5);
+        // One tie between a positive and a negative: (1 + ½ + 1 + 1) / 4.
+        assert_eq!(auroc(&[0.1, 0.4, 0.4, 0.8], &[false, false, true, true]), 0.875);
     }
 }

@@ -48,6 +48,8 @@ use tch::{Device, Kind, Tensor};
 use crate::context::{Rng, RunCtx};
 use crate::data::block::{LabelNoise, NoiseKind, Normalize};
 use crate::data::DataConfig;
+use crate::losses::{classify, metrics::auroc};
+use crate::train::second_order;
 
 pub struct BoRep;
 
@@ -283,10 +285,8 @@ pub fn hessian_vector<G>(lower: &mut G, x: &Tensor, y: &[Tensor], v: &[Tensor]) 
 where
     G: FnMut(&Tensor, &[Tensor]) -> Tensor,
 {
-    let g = lower(&x.detach(), y);
-    let gy = grad_of(&g, y, true, true);
-    let hv = grad_of(&dot(&gy, v), y, false, false);
-    (hv, gy.iter().map(Tensor::detach).collect())
+    let x = x.detach();
+    second_order::hvp_and_grad(&mut || lower(&x, y), y, v)
 }
 
 /// ∇_x ⟨∇_y g(x, y), z⟩ = ∇²_xy g · z on one draw of `lower`.
@@ -294,10 +294,7 @@ pub fn mixed_vector<G>(lower: &mut G, x: &Tensor, y: &[Tensor], z: &[Tensor]) ->
 where
     G: FnMut(&Tensor, &[Tensor]) -> Tensor,
 {
-    let x = x.detach().set_requires_grad(true);
-    let g = lower(&x, y);
-    let gy = grad_of(&g, y, true, true);
-    grad_of(&dot(&gy, z), std::slice::from_ref(&x), false, false).remove(0)
+    second_order::cross_hvp(&mut |x: &Tensor| lower(x, y), x, y, z)
 }
 
 /// `steps` SGD steps on g(x, ·) (the initialisation refinement).
@@ -508,10 +505,7 @@ pub fn lower_loss(y: &[Tensor], lambda: &Tensor, x: &Tensor, labels: &Tensor, po
 }
 
 fn accuracy(y: &[Tensor], x: &Tensor, labels: &Tensor, pool: Pool) -> f64 {
-    tch::no_grad(|| {
-        let pred = rnn_logits(y, x, pool).argmax(-1, false);
-        f64::try_from(pred.eq_tensor(labels).to_kind(Kind::Double).mean(Kind::Double)).expect("scalar")
-    })
+    tch::no_grad(|| classify::accuracy(&rnn_logits(y, x, pool), labels))
 }
 
 /// A batch of `size` distinct indices of 0..n (the official `next(iter(shuffled_loader))`).
@@ -526,33 +520,6 @@ fn sample_batch(rng: &mut Rng, n: i64, size: i64) -> Vec<i64> {
     all
 }
 
-/// Area under the ROC curve of `scores` for telling `positive` samples from the rest: the
-/// probability that a random positive outscores a random negative, ties counting ½ (by ranks).
-pub fn auroc(scores: &[f64], positive: &[bool]) -> f64 {
-    let n = scores.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| scores[a].partial_cmp(&scores[b]).unwrap_or(std::cmp::Ordering::Equal));
-    let mut ranks = vec![0.0; n];
-    let mut i = 0;
-    while i < n {
-        let mut j = i;
-        while j + 1 < n && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        let mid = (i + j) as f64 / 2.0 + 1.0;
-        for &k in &order[i..=j] {
-            ranks[k] = mid;
-        }
-        i = j + 1;
-    }
-    let n_pos = positive.iter().filter(|p| **p).count() as f64;
-    let n_neg = n as f64 - n_pos;
-    if n_pos == 0.0 || n_neg == 0.0 {
-        return 0.5;
-    }
-    let rank_sum: f64 = ranks.iter().zip(positive).filter(|(_, p)| **p).map(|(r, _)| r).sum();
-    (rank_sum - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
-}
 
 /// Mean σ(λ_i) over the samples whose `mask` equals `want` (0 if there are none).
 fn mean_weight(lambda: &[f64], mask: &[bool], want: bool) -> f64 {
@@ -593,8 +560,7 @@ impl super::Paper for BoRep {
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
         let device = ctx.device;
-        let data = cfg.data.load(&ctx.data_dir, ctx.seed, device)?;
-        data.record(ctx)?;
+        let data = cfg.data.load_for_run(ctx)?;
         let val = data.val.as_ref().ok_or_else(|| anyhow!("bo_rep: the split left no validation samples; raise `data.val_fraction`"))?;
         // Images become sequences of their rows: [N, C·H, W].
         let width = *data.image_shape.last().ok_or_else(|| anyhow!("bo_rep: samples have no shape"))?;
@@ -904,15 +870,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn auroc_counts_ordered_pairs_and_half_ties() {
-        assert_eq!(auroc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), 0.75);
-        assert_eq!(auroc(&[0.1, 0.2, 0.3, 0.4], &[false, false, true, true]), 1.0);
-        assert_eq!(auroc(&[0.4, 0.3, 0.2, 0.1], &[false, false, true, true]), 0.0);
-        assert_eq!(auroc(&[1.0; 5], &[true, false, true, false, false]), 0.5);
-        // One tie between a positive and a negative: (1 + ½ + 1 + 1) / 4.
-        assert_eq!(auroc(&[0.1, 0.4, 0.4, 0.8], &[false, false, true, true]), 0.875);
-    }
 
     #[test]
     fn batches_are_distinct_indices_and_defaults_check() {

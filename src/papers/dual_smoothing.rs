@@ -146,8 +146,7 @@ impl super::Paper for DualSmoothing {
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
-        let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-        data.record(ctx)?;
+        let data = cfg.data.load_for_run(ctx)?;
         if data.image_shape.len() != 3 {
             bail!("DRS needs images [C, H, W]; got samples of shape {:?}", data.image_shape);
         }

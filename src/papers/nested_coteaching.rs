@@ -373,8 +373,7 @@ impl super::Paper for NestedCoteaching {
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
-        let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-        data.record(ctx)?;
+        let data = cfg.data.load_for_run(ctx)?;
         let input: i64 = data.sample_shape.iter().product();
         let (device, classes) = (ctx.device, data.classes);
         let make = |seed: u64| {

@@ -240,8 +240,7 @@ impl super::Paper for OrthogonalConv {
         if cfg.task == Task::Existence {
             return Self::existence(cfg, ctx);
         }
-        let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-        data.record(ctx)?;
+        let data = cfg.data.load_for_run(ctx)?;
         if data.image_shape.len() != 3 || data.image_shape[0] != 1 {
             bail!("the CNN takes 1-channel images; got samples of shape {:?}", data.image_shape);
         }

@@ -210,8 +210,7 @@ impl super::Paper for Rrcm {
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
-        let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-        data.record(ctx)?;
+        let data = cfg.data.load_for_run(ctx)?;
         let input = data.sample_shape[0];
         let to_model = |x: &Tensor| x * 2.0 - 1.0;
         let levels = karras_levels(cfg.levels, cfg.sigma_max, cfg.sigma_min, cfg.rho);

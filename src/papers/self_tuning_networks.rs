@@ -651,8 +651,7 @@ impl super::Paper for SelfTuningNetworks {
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
-        let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-        data.record(ctx)?;
+        let data = cfg.data.load_for_run(ctx)?;
         run_on(cfg, &data, ctx)
     }
 }

@@ -143,8 +143,7 @@ impl super::Paper for SmoothInv {
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
-        let mut data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-        data.record(ctx)?;
+        let mut data = cfg.data.load_for_run(ctx)?;
         let side = 8;
         let mask = trigger_mask(cfg, side, ctx.device);
         if cfg.backdoor {

@@ -140,8 +140,7 @@ fn problem(cfg: &Config, ctx: &mut RunCtx) -> Result<(Tensor, Tensor, Tensor)> {
             (uniform(cfg.m), uniform(cfg.n), sq_dist_cost(&tokens, &experts, device))
         }
         Instance::Data => {
-            let data = cfg.data.load(&ctx.data_dir, ctx.seed, device)?;
-            data.record(ctx)?;
+            let data = cfg.data.load_for_run(ctx)?;
             let x = data.train.x.flatten(1, -1).to_kind(Kind::Double);
             let pick = |class: i64, count: i64| -> Result<Tensor> {
                 let idx = data.train.y.eq(class).nonzero().squeeze_dim(1);

@@ -186,8 +186,7 @@ impl super::Paper for WeightCompander {
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
-        let data = cfg.data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-        data.record(ctx)?;
+        let data = cfg.data.load_for_run(ctx)?;
         tch::manual_seed(ctx.seed as i64);
         let vs = nn::VarStore::new(ctx.device);
         let mut widths = vec![data.sample_shape.iter().product::<i64>()];

@@ -1,5 +1,5 @@
-//! Second-order tools on autograd: Hessian-vector products by double backward, Hutchinson's
-//! trace estimator, power iteration for the largest Hessian eigenvalue, and the exact Hessian of
+//! Second-order tools on autograd: Hessian-vector products by double backward (and the mixed
+//! ∇²_xy products of bilevel hypergradients), Hutchinson's trace estimator, power iteration for the largest Hessian eigenvalue, and the exact Hessian of
 //! small problems (for testing the others).
 //!
 //! Parameters are a list of tensors (a model's trainable variables); vectors are lists of the
@@ -13,14 +13,36 @@ fn dot(a: &[Tensor], b: &[Tensor]) -> f64 {
 
 /// H·v for the Hessian of `loss()` with respect to `params`.
 pub fn hvp(loss: &mut impl FnMut() -> Tensor, params: &[Tensor], v: &[Tensor]) -> Vec<Tensor> {
+    hvp_and_grad(loss, params, v).0
+}
+
+/// (H·v, ∇loss) from one graph: bilevel hypergradients need both at the same point. A parameter
+/// the loss does not reach gets zeros. Sums keep the parameters' dtype (f64 stays f64).
+pub fn hvp_and_grad(loss: &mut impl FnMut() -> Tensor, params: &[Tensor], v: &[Tensor]) -> (Vec<Tensor>, Vec<Tensor>) {
     let l = loss();
-    let grads = Tensor::run_backward(&[&l], params, true, true);
-    let gv = grads.iter().zip(v).map(|(g, vi)| (g * vi).sum(Kind::Float)).fold(None::<Tensor>, |acc, t| Some(match acc {
-        Some(a) => a + t,
-        None => t,
-    }));
-    let gv = gv.expect("at least one parameter");
-    Tensor::run_backward(&[&gv], params, false, false).into_iter().map(|t| t.detach()).collect()
+    let grads = defined_or_zeros(Tensor::run_backward(&[&l], params, true, true), params);
+    let hv = defined_or_zeros(Tensor::run_backward(&[&weighted_sum(&grads, v)], params, false, false), params);
+    (hv.into_iter().map(|t| t.detach()).collect(), grads.iter().map(Tensor::detach).collect())
+}
+
+/// The mixed second derivative ∇_x ⟨∇_y loss(x, y), z⟩ = ∇²_xy loss · z, with `loss(x)` built on
+/// the parameters `y` (Hessian-free, by double backward): the cross term of an implicit hypergradient.
+pub fn cross_hvp(loss: &mut impl FnMut(&Tensor) -> Tensor, x: &Tensor, y: &[Tensor], z: &[Tensor]) -> Tensor {
+    let x = x.detach().set_requires_grad(true);
+    let l = loss(&x);
+    let gy = defined_or_zeros(Tensor::run_backward(&[&l], y, true, true), y);
+    let xs = std::slice::from_ref(&x);
+    defined_or_zeros(Tensor::run_backward(&[&weighted_sum(&gy, z)], xs, false, false), xs).remove(0).detach()
+}
+
+/// Σ_i ⟨a_i, b_i⟩ as a differentiable scalar, in the dtype of the a_i.
+fn weighted_sum(a: &[Tensor], b: &[Tensor]) -> Tensor {
+    a.iter().zip(b).map(|(x, y)| (x * y).sum(x.kind())).reduce(|p, q| p + q).expect("at least one parameter")
+}
+
+/// Autograd leaves an input's gradient undefined when the output does not depend on it.
+fn defined_or_zeros(grads: Vec<Tensor>, inputs: &[Tensor]) -> Vec<Tensor> {
+    grads.into_iter().zip(inputs).map(|(g, p)| if g.defined() { g } else { p.detach().zeros_like() }).collect()
 }
 
 /// Hutchinson's estimate of Tr(H) with `samples` Rademacher probes (torch's generator).

@@ -126,8 +126,7 @@ pub fn fit<M: ModuleT + ?Sized>(
 /// The common start of a supervised paper's run: load the data block (recording its sizes and
 /// noise rate), seed torch from the run seed, and build the model on the run's device.
 pub fn setup(data: &DataConfig, model: &ModelConfig, ctx: &mut RunCtx) -> Result<(Data, nn::VarStore, Box<dyn ModuleT>)> {
-    let data = data.load(&ctx.data_dir, ctx.seed, ctx.device)?;
-    data.record(ctx)?;
+    let data = data.load_for_run(ctx)?;
     tch::manual_seed(ctx.seed as i64);
     let vs = nn::VarStore::new(ctx.device);
     let model = model.build(&vs.root(), &data.sample_shape, data.classes)?;
