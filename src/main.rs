@@ -140,6 +140,9 @@ fn init_tracing(quiet: bool, verbose: u8) {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     let data_dir = store::data_dir(cli.data_dir.as_deref());
+    if matches!(cli.command, Command::List | Command::Show { .. } | Command::Validate(_) | Command::Report { .. } | Command::Data(DataCommand::List)) {
+        quiet_on_closed_pipe();
+    }
     match cli.command {
         Command::Run(args) => cmd_run(args, cli.quiet, &data_dir),
         Command::Data(DataCommand::List) => cmd_data_list(&data_dir),
@@ -164,6 +167,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 _ => ExitCode::SUCCESS,
             })
         }
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`reglab list | head`) panics. The commands
+/// that only print take the default action instead: the process ends quietly, as `ls | head` does.
+/// `run` keeps Rust's behaviour, since it talks to its worker processes through pipes.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition before any thread is spawned.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
