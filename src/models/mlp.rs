@@ -12,7 +12,8 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// `widths` = [input, hidden..., output]; PyTorch's default (Kaiming-uniform) init.
+    /// `widths` = [input, hidden..., output]; tch's default linear init: Kaiming-uniform with the ReLU gain,
+    /// U(±√(6/fan_in)) weights (PyTorch's nn.Linear uses U(±1/√fan_in)), U(±1/√fan_in) biases.
     pub fn new(vs: &nn::Path, widths: &[i64], bias: bool) -> Self {
         assert!(widths.len() >= 2, "an MLP needs at least input and output widths");
         let cfg = nn::LinearConfig { bias, ..Default::default() };

@@ -48,7 +48,11 @@ use tch::{Device, Kind, Tensor};
 use crate::context::{Rng, RunCtx};
 use crate::data::block::{LabelNoise, NoiseKind, Normalize};
 use crate::data::DataConfig;
-use crate::losses::{classify, metrics::auroc};
+use crate::losses::{
+    classify,
+    metrics::{auroc, memorisation},
+};
+use crate::reduce;
 use crate::train::second_order;
 
 pub struct BoRep;
@@ -100,6 +104,7 @@ pub struct Config {
     pub outer_lr: f64,
     /// Lower (y) SGD learning rate γ.
     pub inner_lr: f64,
+    /// Training samples per lower-loss draw; a run refuses one larger than the training set.
     pub batch_size: i64,
     /// Momentum β of BO-REP's normalised update.
     pub beta: f64,
@@ -423,7 +428,8 @@ where
     let delta = match cfg.upper {
         UpperRule::NormalizedMomentum { beta } => {
             s.m = &s.m * beta + &h * (1.0 - beta);
-            let norm = f64::try_from(s.m.norm().to_kind(Kind::Double)).expect("scalar");
+            // Thread-count-independent ‖m‖ (see `crate::reduce`).
+            let norm = f64::try_from(reduce::norm(&s.m).to_kind(Kind::Double)).expect("scalar");
             &s.m * (cfg.outer_lr / (norm + 1e-10))
         }
         UpperRule::Sgd => {
@@ -540,16 +546,36 @@ impl super::Paper for BoRep {
     fn check(c: &Config) -> Result<()> {
         c.data.check()?;
         if c.data.val_fraction <= 0.0 {
-            bail!("bo_rep: the upper loss is the CE on a clean validation split: `data.val_fraction` must be in (0, 1)");
+            bail!("bo_rep: the upper loss is the CE on a clean validation split: `data.val_fraction` must be in (0, 1), got {}", c.data.val_fraction);
         }
-        if c.hidden < 1 || c.batch_size < 1 || c.interval < 1 || c.steps < 1 || c.log_every < 1 {
-            bail!("bo_rep: `hidden`, `batch_size`, `interval`, `steps` and `log_every` must be ≥ 1");
+        let at_least_one = [("hidden", c.hidden), ("batch_size", c.batch_size)];
+        for (key, v) in at_least_one {
+            if v < 1 {
+                bail!("bo_rep: `{key}` must be ≥ 1, got {v}");
+            }
         }
-        if !(c.outer_lr >= 0.0 && c.outer_lr.is_finite()) || !(c.inner_lr > 0.0) || !(c.nu > 0.0) || !(c.neumann_scale > 0.0) {
-            bail!("bo_rep: `outer_lr` must be ≥ 0; `inner_lr`, `nu` and `neumann_scale` > 0");
+        let at_least_one_u = [("interval", c.interval), ("steps", c.steps), ("log_every", c.log_every)];
+        for (key, v) in at_least_one_u {
+            if v < 1 {
+                bail!("bo_rep: `{key}` must be ≥ 1, got {v}");
+            }
         }
-        if !(0.0..1.0).contains(&c.beta) || !(c.reg_weight >= 0.0) || !c.lambda_init.is_finite() {
-            bail!("bo_rep: `beta` must be in [0, 1), `reg_weight` ≥ 0, `lambda_init` finite");
+        if !(c.outer_lr >= 0.0 && c.outer_lr.is_finite()) {
+            bail!("bo_rep: `outer_lr` must be finite and ≥ 0, got {}", c.outer_lr);
+        }
+        for (key, v) in [("inner_lr", c.inner_lr), ("nu", c.nu), ("neumann_scale", c.neumann_scale)] {
+            if !(v > 0.0 && v.is_finite()) {
+                bail!("bo_rep: `{key}` must be finite and > 0, got {v}");
+            }
+        }
+        if !(0.0..1.0).contains(&c.beta) {
+            bail!("bo_rep: `beta` must be in [0, 1), got {}", c.beta);
+        }
+        if !(c.reg_weight >= 0.0 && c.reg_weight.is_finite()) {
+            bail!("bo_rep: `reg_weight` must be finite and ≥ 0, got {}", c.reg_weight);
+        }
+        if !c.lambda_init.is_finite() {
+            bail!("bo_rep: `lambda_init` must be finite, got {}", c.lambda_init);
         }
         Ok(())
     }
@@ -561,12 +587,24 @@ impl super::Paper for BoRep {
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
         let device = ctx.device;
         let data = cfg.data.load_for_run(ctx)?;
-        let val = data.val.as_ref().ok_or_else(|| anyhow!("bo_rep: the split left no validation samples; raise `data.val_fraction`"))?;
+        let val = data.val.as_ref().filter(|v| !v.is_empty()).ok_or_else(|| {
+            anyhow!("bo_rep: the split left no validation samples (the upper loss is the CE on them); raise `data.val_fraction` (now {})", cfg.data.val_fraction)
+        })?;
+        if data.image_shape.len() != 3 {
+            bail!(
+                "bo_rep: the RNN reads an image row by row, so the data must be images [C, H, W]; `{}` gives samples of shape {:?}. Use an image dataset: digits, mnist, fashion_mnist or cifar10",
+                cfg.data.name,
+                data.image_shape
+            );
+        }
         // Images become sequences of their rows: [N, C·H, W].
-        let width = *data.image_shape.last().ok_or_else(|| anyhow!("bo_rep: samples have no shape"))?;
+        let width = data.image_shape[2];
         let rows = |t: &Tensor| t.view([t.size()[0], -1, width]);
         let (train_x, val_x, test_x) = (rows(&data.train.x), rows(&val.x), rows(&data.test.x));
         let n = data.train.len();
+        if cfg.batch_size > n {
+            bail!("bo_rep: `batch_size` ({}) exceeds the training set ({n} samples); lower `batch_size` or raise `data.train_size`", cfg.batch_size);
+        }
         let corrupted: Vec<bool> = Vec::<i64>::try_from(data.train.y.ne_tensor(&data.train.y_true).to_device(Device::Cpu).to_kind(Kind::Int64))?.into_iter().map(|v| v != 0).collect();
         let clean: Vec<bool> = corrupted.iter().map(|c| !c).collect();
 
@@ -591,7 +629,7 @@ impl super::Paper for BoRep {
                 let lambda = Vec::<f64>::try_from(state.x.detach().to_device(Device::Cpu).to_kind(Kind::Double))?;
                 // λ ranks the samples exactly as σ(λ) does, without σ's float32 saturation ties.
                 let separation = auroc(&lambda, &clean);
-                let hypergrad_norm = f64::try_from(report.hypergrad.norm().to_kind(Kind::Double))?;
+                let hypergrad_norm = f64::try_from(reduce::norm(&report.hypergrad.detach()).to_kind(Kind::Double))?;
                 ctx.log_all(
                     t,
                     &[
@@ -610,14 +648,11 @@ impl super::Paper for BoRep {
 
         ctx.set_final("val_acc", accuracy(&state.y, &val_x, &val.y, pool))?;
         ctx.set_final("y_updates", state.y_updates as f64)?;
-        // The share of corrupted training samples the model predicts with their wrong label.
-        let memorised = tch::no_grad(|| -> Result<f64> {
-            let pred = rnn_logits(&state.y, &train_x, pool).argmax(-1, false);
-            let hits = Vec::<i64>::try_from(pred.eq_tensor(&data.train.y).to_device(Device::Cpu).to_kind(Kind::Int64))?;
-            let wrong = corrupted.iter().filter(|c| **c).count();
-            Ok(if wrong == 0 { 0.0 } else { hits.iter().zip(&corrupted).filter(|(h, c)| **c && **h != 0).count() as f64 / wrong as f64 })
-        })?;
+        // Among the corrupted training samples: the share predicted as their (wrong) observed
+        // label, and the share predicted as their true label (the names `train::supervised` uses).
+        let (memorised, noisy_predicted_true) = tch::no_grad(|| memorisation(&rnn_logits(&state.y, &train_x, pool), &data.train.y, &data.train.y_true));
         ctx.set_final("memorised", memorised)?;
+        ctx.set_final("noisy_predicted_true", noisy_predicted_true)?;
         Ok(())
     }
 }
@@ -625,6 +660,7 @@ impl super::Paper for BoRep {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::ProgressMode;
     use crate::papers::Paper;
     use crate::testutil::f64s;
 
@@ -692,7 +728,7 @@ mod tests {
     }
 
     fn norm(t: &Tensor) -> f64 {
-        f64::try_from(t.detach().norm()).unwrap()
+        f64::try_from(reduce::norm(&t.detach())).unwrap()
     }
 
     #[test]
@@ -872,6 +908,63 @@ mod tests {
 
 
     #[test]
+    fn hyper_cleaning_on_digits_down_weights_the_corrupted_labels() {
+        let dir = std::env::temp_dir().join(format!("reglab-bo-rep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+        // The CPU spec's settings, shrunk: 300 noisy training images (40% symmetric noise), the
+        // spec's test and clean validation splits, a 16-unit RNN, T₀ = 100 and T = 60.
+        let base = Config {
+            data: DataConfig { train_size: Some(300), ..Config::default().data },
+            hidden: 16,
+            reg: Reg::Squared,
+            reg_weight: 1e-3,
+            outer_lr: 1.0,
+            inner_lr: 0.3,
+            batch_size: 128,
+            nu: 0.05,
+            interval: 2,
+            inner_steps: 5,
+            init_steps: 100,
+            steps: 60,
+            log_every: 20,
+            ..Config::default()
+        };
+        let run = |cfg: &Config| -> Result<std::collections::BTreeMap<String, f64>> {
+            BoRep::check(cfg)?;
+            let mut ctx = RunCtx::new(&dir, "t", 0, Device::Cpu, ProgressMode::Quiet, &data_dir)?;
+            let out = BoRep::run(cfg, &mut ctx);
+            let f = ctx.final_metrics();
+            ctx.finish()?;
+            out.map(|_| f)
+        };
+        let bo = run(&base).unwrap();
+        let plain = run(&Config { method: Method::NoCleaning, ..base.clone() }).unwrap();
+        // More than the training set in a batch is refused, naming the key and both sizes.
+        let err = run(&Config { batch_size: 512, ..base.clone() }).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("batch_size") && err.contains("512") && err.contains("300"), "{err}");
+
+        assert_eq!(bo["data_train_size"], 300.0);
+        assert!(bo["data_noise_rate"] > 0.3 && bo["data_noise_rate"] < 0.5, "{}", bo["data_noise_rate"]);
+        let (clean, noisy) = (bo["weight_clean"], bo["weight_noisy"]);
+        assert!(noisy < clean, "BO-REP: σ(λ) of corrupted {noisy} vs clean {clean}");
+        assert!(bo["auroc"] > 0.6, "BO-REP AUROC {}", bo["auroc"]);
+        assert_eq!(bo["y_updates"], 30.0);
+        for f in [&bo, &plain] {
+            let (m, t) = (f["memorised"], f["noisy_predicted_true"]);
+            assert!((0.0..=1.0).contains(&m) && (0.0..=1.0).contains(&t) && m + t <= 1.0 + 1e-12, "{m} {t}");
+            assert!((0.0..=1.0).contains(&f["test_acc"]) && (0.0..=1.0).contains(&f["val_acc"]));
+        }
+        // No cleaning: λ stays at λ₀ = 1, so every weight is σ(1) and λ ranks nothing.
+        let sigma1 = 1.0 / (1.0 + (-1.0f64).exp());
+        assert_eq!(plain["auroc"], 0.5);
+        assert!((plain["weight_clean"] - sigma1).abs() < 1e-12 && (plain["weight_noisy"] - sigma1).abs() < 1e-12, "{plain:?}");
+        assert_eq!(plain["hypergrad_norm"], 0.0);
+    }
+
+
+    #[test]
     fn batches_are_distinct_indices_and_defaults_check() {
         let mut rng = Rng::new(3);
         let mut b = sample_batch(&mut rng, 50, 20);
@@ -883,6 +976,16 @@ mod tests {
         assert!(BoRep::check(&Config { interval: 0, ..Config::default() }).is_err());
         let no_val = Config { data: DataConfig { val_fraction: 0.0, ..Config::default().data }, ..Config::default() };
         assert!(BoRep::check(&no_val).unwrap_err().to_string().contains("val_fraction"));
+        // One message per key, naming it and the value got.
+        for (bad, key, got) in [
+            (Config { nu: 0.0, ..Config::default() }, "`nu`", "0"),
+            (Config { beta: 1.0, ..Config::default() }, "`beta`", "1"),
+            (Config { log_every: 0, ..Config::default() }, "`log_every`", "0"),
+            (Config { outer_lr: -1.0, ..Config::default() }, "`outer_lr`", "-1"),
+        ] {
+            let err = BoRep::check(&bad).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(&format!("got {got}")), "{err}");
+        }
         // A [P, 1] Xavier-uniform draw stays within √(6/(P+1)).
         tch::manual_seed(0);
         let y = init_rnn(&RnnShape { input: 8, hidden: 32, classes: 10 }, Kind::Float, Device::Cpu);

@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::context::{Rng, RunCtx};
+use crate::reduce::norm;
 
 pub struct ScoreEstimation;
 
@@ -331,11 +332,11 @@ pub fn arccos_ntk(u1: &Tensor, u2: &Tensor) -> Tensor {
     (theta.neg() + PI) / (2.0 * PI) * dot
 }
 
-/// ‖A − B‖_F / ‖B‖_F.
+/// ‖A − B‖_F / ‖B‖_F (by `reduce::norm`, so the value does not depend on the thread count).
 pub fn rel_frobenius(a: &Tensor, b: &Tensor) -> f64 {
-    let num = f64::try_from((a - b).square().sum(Kind::Double)).expect("scalar");
-    let den = f64::try_from(b.square().sum(Kind::Double)).expect("scalar");
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+    let num = f64::try_from(norm(&(a - b).to_kind(Kind::Double))).expect("scalar");
+    let den = f64::try_from(norm(&b.to_kind(Kind::Double))).expect("scalar");
+    num / den.max(f64::MIN_POSITIVE)
 }
 
 /// Kernel GD with a kernel K [n, n] shared by the output coordinates, on (1/2n) Σ_i ω_i ‖u_i − y_i‖²
@@ -413,24 +414,46 @@ impl super::Paper for ScoreEstimation {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        if c.dim < 1 || c.dim > 4096 || c.components < 1 || c.components > (1i64 << c.dim.min(30)) {
-            bail!("1 ≤ `dim` ≤ 4096 and 1 ≤ `components` ≤ 2^dim (the hypercube means must be distinct)");
+        if !(1..=4096).contains(&c.dim) {
+            bail!("`dim` must be in [1, 4096], got {}", c.dim);
         }
-        if !(c.component_std > 0.0) || !(c.mean_scale >= 0.0) {
-            bail!("`component_std` > 0 and `mean_scale` ≥ 0");
+        let max_components = 1i64 << c.dim.min(30);
+        if !(1..=max_components).contains(&c.components) {
+            bail!("`components` must be in [1, 2^dim = {max_components}] (the hypercube means must be distinct), got {}", c.components);
         }
-        if !(c.t_min > 0.0 && c.t_max > c.t_min) {
-            bail!("0 < `t_min` < `t_max` (σ_t > 0 keeps the score finite)");
+        if !(c.component_std > 0.0) {
+            bail!("`component_std` must be > 0, got {}", c.component_std);
+        }
+        if !(c.mean_scale >= 0.0) {
+            bail!("`mean_scale` must be ≥ 0, got {}", c.mean_scale);
+        }
+        if !(c.t_min > 0.0) {
+            bail!("`t_min` must be > 0 (σ_t > 0 keeps the score finite), got {}", c.t_min);
+        }
+        if !(c.t_max > c.t_min) {
+            bail!("`t_max` must be > `t_min` = {}, got {}", c.t_min, c.t_max);
         }
         let g = group_size(c.dim);
         if c.width < g || c.width % g != 0 {
-            bail!("`width` must be a positive multiple of the sign-group size 2^⌈log₂(dim+1)⌉ = {g}");
+            bail!("`width` must be a positive multiple of the sign-group size 2^⌈log₂(dim+1)⌉ = {g}, got {}", c.width);
         }
-        if c.samples < 2 || c.test_size < 1 || c.heldout < 1 || c.steps == 0 || c.log_points == 0 {
-            bail!("`samples` ≥ 2; `test_size`, `heldout`, `steps`, `log_points` ≥ 1");
+        if c.samples < 2 {
+            bail!("`samples` must be ≥ 2, got {}", c.samples);
+        }
+        if c.test_size < 1 {
+            bail!("`test_size` must be ≥ 1, got {}", c.test_size);
+        }
+        if c.heldout < 1 {
+            bail!("`heldout` must be ≥ 1, got {}", c.heldout);
+        }
+        if c.steps == 0 {
+            bail!("`steps` must be ≥ 1, got 0");
+        }
+        if c.log_points == 0 {
+            bail!("`log_points` must be ≥ 1, got 0");
         }
         if !(c.lr_fraction > 0.0 && c.lr_fraction < 2.0) {
-            bail!("0 < `lr_fraction` < 2 (η·λ_max/n at or beyond 2 diverges)");
+            bail!("`lr_fraction` must be in (0, 2) (η·λ_max/n at or beyond 2 diverges), got {}", c.lr_fraction);
         }
         Ok(())
     }
@@ -769,13 +792,43 @@ mod tests {
         ctx.finish().unwrap();
         let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!((f["lr_times_lambda_max_over_n"] - 1.0).abs() < 1e-12);
-        let (best, last, chosen) = (f["best_test_score_error"], f["final_test_score_error"], f["heldout_test_score_error"]);
-        assert!(best <= last && best <= chosen && best < f["initial_test_score_error"]);
-        assert!((f["early_stop_gain"] - (last - best) / last).abs() < 1e-12);
-        assert!(f["best_step"] % 3.0 == 0.0 && f["best_step"] <= 30.0);
-        // At f ≡ 0 the score is −x/σ², so the initial error is E[ω ‖E[x₀|x_t]‖²] > 0; the network
-        // starts on its kernel twin, and 30 small steps at m = 4096 stay close to it.
+        // At f ≡ 0 the score is −x/σ², so the initial error is E[ω ‖E[x₀|x_t]‖²]: recomputed here in
+        // plain Rust from the posterior mean of each component, μ_j + (α s²/v)(x − α μ_j), v = α²s² + σ²,
+        // on the run's test points (the same draw: seed 1, the test salt), not through `Mixture::score`.
+        assert_eq!(cfg.dim, 2, "the plain-Rust closed form below is written for d = 2");
+        let mix = Mixture::hypercube(cfg.dim, cfg.components, cfg.mean_scale, cfg.component_std);
+        let test = Triples::draw(&mix, cfg.test_size, cfg.t_min, cfg.t_max, &mut Rng::new(1 ^ 0x5C0E_0002), Device::Cpu);
+        let (xt, alpha, sigma2) = (f64s(&test.xt), f64s(&test.alpha), f64s(&test.sigma2));
+        let s2 = mix.std * mix.std;
+        let mut expected = 0.0;
+        for i in 0..cfg.test_size as usize {
+            let (a, sg2) = (alpha[i], sigma2[i]);
+            let v = a * a * s2 + sg2;
+            let x = &xt[2 * i..2 * i + 2];
+            let logits: Vec<f64> = mix.means.chunks(2).map(|mu| -((x[0] - a * mu[0]).powi(2) + (x[1] - a * mu[1]).powi(2)) / (2.0 * v)).collect();
+            let top = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = logits.iter().map(|l| (l - top).exp()).collect();
+            let total: f64 = w.iter().sum();
+            let mut post = [0.0f64; 2];
+            for (wj, mu) in w.iter().zip(mix.means.chunks(2)) {
+                for c in 0..2 {
+                    post[c] += wj / total * (mu[c] + a * s2 / v * (x[c] - a * mu[c]));
+                }
+            }
+            expected += a * a / sg2 * (post[0] * post[0] + post[1] * post[1]) / cfg.test_size as f64;
+        }
+        // The float32 network is 0 only up to round-off (|f| ≈ 1e−7 here), hence the tolerance.
+        let initial = f["initial_test_score_error"];
+        assert!((initial - expected).abs() < 1e-4 * expected, "initial error {initial} vs closed form {expected}");
+        assert!(f["best_test_score_error"] < initial, "training must lower the error: {} vs {initial}", f["best_test_score_error"]);
+        // Kernel GD starts at c₀ = 0, so its step-0 train loss is the weighted loss of f = 0,
+        // (1/n) Σ ω_i ‖x₀ⁱ‖², on the run's training triples.
+        let train = Triples::draw(&mix, cfg.samples, cfg.t_min, cfg.t_max, &mut Rng::new(1 ^ 0x5C0E_0001), Device::Cpu);
+        let (x0, alpha, sigma2) = (f64s(&train.x0), f64s(&train.alpha), f64s(&train.sigma2));
+        let zero_loss = (0..cfg.samples as usize).map(|i| alpha[i] * alpha[i] / sigma2[i] * (x0[2 * i].powi(2) + x0[2 * i + 1].powi(2))).sum::<f64>() / cfg.samples as f64;
+        let kernel_at_0: f64 = csv.lines().find_map(|l| l.strip_prefix("0,kernel_train_loss,")).expect("kernel_train_loss at step 0").parse().unwrap();
+        assert!((kernel_at_0 - zero_loss).abs() < 1e-12 * zero_loss, "{kernel_at_0} vs {zero_loss}");
+        // The network starts on its kernel twin, and 30 small steps at m = 4096 stay close to it.
         assert!(f["net_vs_kernel_rel_dist_max"] < 0.05, "{}", f["net_vs_kernel_rel_dist_max"]);
         assert!(f["ntk_vs_arccos_rel_dist"] < 0.1, "{}", f["ntk_vs_arccos_rel_dist"]);
         // 11 logged points (every 3 steps, 0..=30), 5 metrics at step 0 and 7 after.

@@ -53,6 +53,7 @@ use crate::context::{Rng, RunCtx};
 use crate::data::block::Normalize;
 use crate::data::{Data, DataConfig, Split};
 use crate::losses::classify::accuracy;
+use crate::losses::metrics::nll;
 
 pub struct SelfTuningNetworks;
 
@@ -269,6 +270,11 @@ impl StnMlp {
 }
 
 /// The baseline: a plain ReLU MLP with PyTorch 0.4's linear init U(±1/√fan_in) for weights and biases.
+///
+/// Why not `crate::models::Mlp` plus dropout: that MLP uses tch's default `LinearConfig`, whose weight
+/// init is Kaiming-uniform with the ReLU gain, U(±√6/√fan_in) — √6 ≈ 2.45 times wider than the official
+/// `nn.Linear` init (only its bias init, U(±1/√fan_in), agrees). The baseline must start like the STN's
+/// elementary path (U(±1/√fan_in) for W_e and b_e), so it keeps its own layers with that init.
 #[derive(Debug)]
 pub struct PlainMlp {
     layers: Vec<nn::Linear>,
@@ -318,7 +324,7 @@ impl Hyperparameters {
         let n = hi.len() as i64;
         Hyperparameters {
             unconstrained: unconstrained.var_copy("unconstrained", &Tensor::from_slice(&start).to_kind(Kind::Float)),
-            scale: scale.var_copy("scale", &Tensor::full([n], inv_softplus(init_scale), (Kind::Float, Device::Cpu))),
+            scale: scale.var_copy("scale", &Tensor::full([n], inv_softplus(init_scale), (Kind::Float, scale.device()))),
             hi: Tensor::from_slice(hi).to_kind(Kind::Float).to_device(unconstrained.device()),
         }
     }
@@ -358,13 +364,14 @@ fn mean(xs: &[f64]) -> f64 {
     xs.iter().sum::<f64>() / xs.len().max(1) as f64
 }
 
-/// Mean cross-entropy and accuracy of `logits_of` on a split, in chunks, without gradients.
+/// Mean cross-entropy (of the softmax, accumulated in float64) and accuracy of `logits_of` on a split,
+/// in chunks, without gradients.
 fn evaluate(split: &Split, logits_of: impl Fn(&Tensor) -> Tensor) -> (f64, f64) {
     tch::no_grad(|| {
         let n = split.len();
         let chunks: Vec<Tensor> = (0..n).step_by(4096).map(|s| logits_of(&split.x.narrow(0, s, (n - s).min(4096)))).collect();
         let logits = Tensor::cat(&chunks, 0);
-        (f64::try_from(logits.cross_entropy_for_logits(&split.y)).expect("scalar"), accuracy(&logits, &split.y))
+        (nll(&logits, &split.y), accuracy(&logits, &split.y))
     })
 }
 
@@ -622,26 +629,46 @@ impl super::Paper for SelfTuningNetworks {
         if !(0.0..1.0).contains(&c.fixed_dropout) {
             bail!("`fixed_dropout` must be in [0, 1), got {}", c.fixed_dropout);
         }
-        if !(c.drop_max > 0.0 && c.drop_max <= 1.0 && c.input_drop_max > 0.0 && c.input_drop_max <= 1.0) {
-            bail!("`drop_max` and `input_drop_max` must be in (0, 1]");
+        if !(c.drop_max > 0.0 && c.drop_max <= 1.0) {
+            bail!("`drop_max` must be in (0, 1], got {}", c.drop_max);
         }
-        if !(c.init_dropout > 0.0 && c.init_dropout < c.drop_max.min(c.input_drop_max)) {
-            bail!("`init_dropout` must lie inside both ranges: 0 < init_dropout < min(drop_max, input_drop_max)");
+        if !(c.input_drop_max > 0.0 && c.input_drop_max <= 1.0) {
+            bail!("`input_drop_max` must be in (0, 1], got {}", c.input_drop_max);
         }
-        if !(c.perturb_scale > 0.0) || !(c.entropy_weight >= 0.0) {
-            bail!("`perturb_scale` must be > 0 and `entropy_weight` ≥ 0");
+        let init_hi = c.drop_max.min(c.input_drop_max);
+        if !(c.init_dropout > 0.0 && c.init_dropout < init_hi) {
+            bail!("`init_dropout` must be in (0, {init_hi}) = (0, min(drop_max, input_drop_max)), got {}", c.init_dropout);
         }
-        if c.epochs == 0 || c.batch_size == 0 || c.train_steps == 0 || c.valid_steps == 0 || c.log_every == 0 {
-            bail!("`epochs`, `batch_size`, `train_steps`, `valid_steps` and `log_every` must be at least 1");
+        if !(c.perturb_scale > 0.0) {
+            bail!("`perturb_scale` must be > 0, got {}", c.perturb_scale);
+        }
+        if !(c.entropy_weight >= 0.0) {
+            bail!("`entropy_weight` must be ≥ 0, got {}", c.entropy_weight);
+        }
+        for (key, value) in [("epochs", c.epochs), ("train_steps", c.train_steps), ("valid_steps", c.valid_steps), ("log_every", c.log_every)] {
+            if value == 0 {
+                bail!("`{key}` must be at least 1, got 0");
+            }
+        }
+        if c.batch_size == 0 {
+            bail!("`batch_size` must be at least 1, got 0");
         }
         if c.method == Method::Stn && c.warmup_epochs >= c.epochs {
             bail!("`warmup_epochs` ({}) must be below `epochs` ({}): the STN tunes only after the warm-up", c.warmup_epochs, c.epochs);
         }
-        if !(c.train_lr > 0.0 && c.valid_lr > 0.0 && c.scale_lr > 0.0) || !(0.0..1.0).contains(&c.momentum) {
-            bail!("`train_lr`, `valid_lr`, `scale_lr` must be > 0 and `momentum` in [0, 1)");
+        for (key, value) in [("train_lr", c.train_lr), ("valid_lr", c.valid_lr), ("scale_lr", c.scale_lr)] {
+            if !(value > 0.0) {
+                bail!("`{key}` must be > 0, got {value}");
+            }
         }
-        if !(c.lr_decay > 0.0 && c.lr_decay <= 1.0) || !(c.min_lr >= 0.0) {
-            bail!("`lr_decay` must be in (0, 1] and `min_lr` ≥ 0");
+        if !(0.0..1.0).contains(&c.momentum) {
+            bail!("`momentum` must be in [0, 1), got {}", c.momentum);
+        }
+        if !(c.lr_decay > 0.0 && c.lr_decay <= 1.0) {
+            bail!("`lr_decay` must be in (0, 1], got {}", c.lr_decay);
+        }
+        if !(c.min_lr >= 0.0) {
+            bail!("`min_lr` must be ≥ 0, got {}", c.min_lr);
         }
         Ok(())
     }
@@ -966,8 +993,90 @@ mod tests {
         for m in ["test_ce", "log_test_ce", "test_acc", "val_ce", "rate_rise", "drop_in", "drop_h1"] {
             assert!(stn[m].is_finite(), "{m}");
         }
-        assert!((stn["log_test_ce"] - stn["test_ce"].ln()).abs() < 1e-12);
+        // λ moves only in validation steps: after these six Adam steps the rates have left their start.
+        let moved = ["drop_in", "drop_h1"].iter().map(|m| (stn[*m] - base.init_dropout).abs()).fold(0.0, f64::max);
+        assert!(moved > 1e-6, "the rates did not move in 6 validation steps: {moved}");
+        assert!(stn["rate_rise"] != 0.0);
         assert!(fixed["test_ce"].is_finite() && !fixed.contains_key("rate_rise"));
+
+        // No validation step at all (the cycle never completes): 16 training steps at perturbed λ̃ leave
+        // λ exactly where it started, so L_T never moves the hyperparameters.
+        let mut ctx = RunCtx::new(&dir, "t_no_val", 0, Device::Cpu, ProgressMode::Quiet, &dir).unwrap();
+        run_on(&Config { method: Method::Stn, train_steps: 1000, ..base.clone() }, &data, &mut ctx).unwrap();
+        ctx.finish().unwrap();
+        let still = ctx.final_metrics();
+        assert_eq!(still["train_steps"], 16.0);
+        assert_eq!(still["val_steps"], 0.0);
+        assert_eq!(still["rate_rise"], 0.0, "λ moved without a validation step");
+        for m in ["drop_in", "drop_h1"] {
+            assert!((still[m] - base.init_dropout).abs() < 1e-7, "{m}: {} vs {}", still[m], base.init_dropout);
+        }
+        assert!((still["scale_mean"] - base.perturb_scale).abs() < 1e-6, "σ moved without a validation step");
+
+        // A warm-up-only run has no epoch to select and says so.
+        let mut ctx = RunCtx::new(&dir, "t_warmup", 0, Device::Cpu, ProgressMode::Quiet, &dir).unwrap();
+        assert!(run_on(&Config { method: Method::Stn, warmup_epochs: base.epochs, ..base.clone() }, &data, &mut ctx).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn eval_at(epoch: u64, val_ce: f64) -> EpochEval {
+        EpochEval { epoch, val_ce, val_acc: 0.0, test_ce: 10.0 * epoch as f64, test_acc: 0.0 }
+    }
+
+    /// Feeds `losses` (epochs 1, 2, …) to a Selection starting at lr 1; returns per epoch
+    /// (improved, stop, lr after the epoch), stopping at the first stop.
+    fn replay(losses: &[f64], cfg: &Config) -> (Selection, Vec<(bool, bool, f64)>) {
+        let mut sel = Selection::new(1.0);
+        let mut trace = vec![];
+        for (i, &l) in losses.iter().enumerate() {
+            let (improved, stop) = sel.record(eval_at(i as u64 + 1, l), cfg);
+            trace.push((improved, stop, sel.lr));
+            if stop {
+                break;
+            }
+        }
+        (sel, trace)
+    }
+
+    #[test]
+    fn selection_decays_by_the_nonmono_rule_and_stops_below_min_lr() {
+        // nonmono 2: epoch k's loss is compared with min(losses of epochs 1..=k−3), i.e. those more than
+        // two epochs back (official `val_loss > min(val_losses[:-nonmono])`, with len > nonmono).
+        let cfg = Config { nonmono: 2, lr_decay: 0.5, patience: 0, min_lr: 0.3, ..Config::default() };
+        let losses = [1.0, 0.8, 0.9, 0.85, 0.7, 0.95, 0.75, 0.72, 0.1];
+        let (sel, trace) = replay(&losses, &cfg);
+        let expected = [
+            (true, false, 1.0),  // 1: no history
+            (true, false, 1.0),  // 2
+            (false, false, 1.0), // 3: only two epochs back, no comparison yet
+            (false, false, 1.0), // 4: 0.85 > epoch 2's 0.8 (two back, excluded) but < epoch 1's 1.0
+            (true, false, 1.0),  // 5: new best
+            (false, false, 0.5), // 6: 0.95 > min(epochs 1–3) = 0.8 → decay
+            (false, false, 0.5), // 7: 0.75 > epoch 5's 0.7 (excluded) but < min(epochs 1–4) = 0.8
+            (false, true, 0.25), // 8: 0.72 > min(epochs 1–5) = 0.7 → decay to 0.25 < min_lr → stop
+        ];
+        assert_eq!(trace, expected);
+        assert_eq!(sel.best.unwrap().epoch, 5);
+        assert_eq!(sel.best.unwrap().test_ce, 50.0, "the test value kept is the best epoch's");
+        assert_eq!(sel.history.len(), 8, "the loop stops at epoch 8; epoch 9 is never recorded");
+    }
+
+    #[test]
+    fn selection_stops_after_patience_epochs_without_a_strict_improvement() {
+        // nonmono 0: no decay however bad the losses; patience 3 counts epochs since the best one.
+        let cfg = Config { nonmono: 0, lr_decay: 0.5, patience: 3, min_lr: 0.0, ..Config::default() };
+        let (sel, trace) = replay(&[1.0, 0.9, 5.0, 0.9, 7.0, 0.1], &cfg);
+        let expected = [
+            (true, false, 1.0),
+            (true, false, 1.0),  // 2: best
+            (false, false, 1.0), // 3: 1 epoch since the best
+            (false, false, 1.0), // 4: equal is not better: 2
+            (false, true, 1.0),  // 5: 3 = patience → stop
+        ];
+        assert_eq!(trace, expected);
+        assert_eq!(sel.best.unwrap().epoch, 2);
+        // patience 0 is off: the same losses never stop.
+        let (_, trace) = replay(&[1.0, 0.9, 5.0, 0.9, 7.0, 8.0, 9.0], &Config { patience: 0, ..cfg });
+        assert!(trace.len() == 7 && trace.iter().all(|t| !t.1 && t.2 == 1.0));
     }
 }

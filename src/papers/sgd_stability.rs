@@ -14,8 +14,14 @@
 //! shapes its minima), float64, SGD with batch 1 sampled with replacement (the linear-stability
 //! setting); at interpolation H is the Gauss–Newton JᵀJ/n with J = [2X diag(u), −2X diag(v)], so
 //! Tr(H) = ‖J‖²_F/n and λ_max(H) = σ_max(J)²/n. A run whose loss exceeds 1e6 is stopped and
-//! reported as `diverged` = 1 (not dropped). Part (B) of the note (a two-layer ReLU and its path
-//! norm) is not implemented.
+//! reported as `diverged` = 1 (not dropped).
+//!
+//! Part (B), `model: relu`: f(x) = Σ_k a_k ReLU(w_kᵀx) with both layers trained, fitted to a
+//! `teacher_width`-unit ReLU teacher (unit w*, a* = ±1) on x ~ N(0, I). At interpolation
+//! Tr(H) = (1/n) Σ_i ‖∇_θ f_i‖² = (1/n) Σ_i Σ_k [ReLU(w_kᵀx_i)² + a_k² 1[w_kᵀx_i > 0] ‖x_i‖²] and
+//! λ_max(H) is the top eigenvalue of the Gram J Jᵀ/n (n × n, the same nonzero spectrum as JᵀJ/n).
+//! The paper ties Tr(H) to a path norm Σ_k |a_k| ‖w_k‖; we report it with the test MSE on fresh
+//! inputs. Initialisation (our choice, no code to follow): w_k ~ N(0, I/d)·`init`, a_k ~ N(0, 1/m)·`init`.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -28,6 +34,9 @@ pub struct SgdStability;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `diagonal`: part (A), β = u⊙u − v⊙v; `relu`: part (B), a two-layer ReLU network.
+    pub model: Model,
+    /// Feature dimension (the input dimension for `relu`).
     pub dim: i64,
     pub samples: i64,
     pub sparsity: i64,
@@ -37,11 +46,35 @@ pub struct Config {
     pub batch: i64,
     pub max_steps: u64,
     pub tol: f64,
+    /// `relu` only: hidden width m, the teacher's width, fresh test inputs for the test MSE.
+    pub width: i64,
+    pub teacher_width: i64,
+    pub test_size: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    Diagonal,
+    Relu,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { dim: 200, samples: 60, sparsity: 5, init: 0.5, lr: 0.01, batch: 1, max_steps: 50_000, tol: 1e-8 }
+        Config {
+            model: Model::Diagonal,
+            dim: 200,
+            samples: 60,
+            sparsity: 5,
+            init: 0.5,
+            lr: 0.01,
+            batch: 1,
+            max_steps: 50_000,
+            tol: 1e-8,
+            width: 200,
+            teacher_width: 3,
+            test_size: 2000,
+        }
     }
 }
 
@@ -65,73 +98,179 @@ impl super::Paper for SgdStability {
         if c.dim < 1 || c.samples < 1 || c.sparsity < 1 || c.sparsity > c.dim || c.batch < 1 || c.batch > c.samples || !(c.lr > 0.0) || c.max_steps == 0 {
             bail!("`dim`, `samples` ≥ 1; 1 ≤ `sparsity` ≤ `dim`; 1 ≤ `batch` ≤ `samples`; `lr` > 0; `max_steps` ≥ 1");
         }
+        if c.model == Model::Relu && (c.width < 1 || c.teacher_width < 1 || c.test_size < 1 || !(c.init > 0.0)) {
+            bail!("`model: relu` needs `width`, `teacher_width`, `test_size` ≥ 1 and `init` > 0");
+        }
         Ok(())
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
-        let device = ctx.device;
-        let opts = (Kind::Double, device);
-        let mut rng = Rng::new(ctx.seed ^ 0x56D);
-        let (n, d) = (cfg.samples, cfg.dim);
-        let xs: Vec<f64> = (0..n * d).map(|_| rng.normal()).collect();
-        let x = Tensor::from_slice(&xs).view([n, d]).to_device(device);
-        let mut support: Vec<i64> = (0..d).collect();
-        rng.shuffle(&mut support);
-        let mut beta_star = vec![0.0f64; d as usize];
-        for &j in &support[..cfg.sparsity as usize] {
-            beta_star[j as usize] = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+        match cfg.model {
+            Model::Diagonal => run_diagonal(cfg, ctx),
+            Model::Relu => run_relu(cfg, ctx),
         }
-        let beta_star = Tensor::from_slice(&beta_star).to_device(device);
-        let y = x.mv(&beta_star);
-        let mut u = Tensor::full([d], cfg.init, opts);
-        let mut v = Tensor::full([d], cfg.init, opts);
-        let loss_of = |u: &Tensor, v: &Tensor| f64::try_from((x.mv(&(u.square() - v.square())) - &y).square().mean(Kind::Double) * 0.5).expect("scalar");
-        let mut diverged = 0.0;
-        let mut steps = 0;
-        for step in 1..=cfg.max_steps {
-            let (xb, yb) = if cfg.batch == n {
-                (x.shallow_clone(), y.shallow_clone())
-            } else {
-                let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.below(n as u64) as i64).collect();
-                let idx = Tensor::from_slice(&idx).to_device(device);
-                (x.index_select(0, &idx), y.index_select(0, &idx))
-            };
-            // ∂L/∂β = Xᵀr/B; ∂β/∂u = 2u, ∂β/∂v = −2v.
-            let r = xb.mv(&(u.square() - v.square())) - yb;
-            let g_beta = xb.transpose(0, 1).mv(&r) / cfg.batch as f64;
-            let (gu, gv) = (&g_beta * &u * 2.0, &g_beta * &v * -2.0);
-            u = &u - gu * cfg.lr;
-            v = &v - gv * cfg.lr;
-            steps = step;
-            if step % 500 == 0 || step == cfg.max_steps {
-                let l = loss_of(&u, &v);
-                if !l.is_finite() || l > 1e6 {
-                    diverged = 1.0;
-                    break;
-                }
-                ctx.log_all(step, &[("train_loss", l)])?;
-                ctx.tick(step, cfg.max_steps)?;
-                if l < cfg.tol {
-                    break;
-                }
+    }
+}
+
+/// `n` rows of N(0, I_d) in float64.
+fn gaussian_rows(rng: &mut Rng, n: i64, d: i64, scale: f64, device: tch::Device) -> Tensor {
+    let xs: Vec<f64> = (0..n * d).map(|_| scale * rng.normal()).collect();
+    Tensor::from_slice(&xs).view([n, d]).to_device(device)
+}
+
+/// f(x) = Σ_k a_k ReLU(w_kᵀx) for the rows of `x`; W [m, d], a [m].
+pub fn relu_net(w: &Tensor, a: &Tensor, x: &Tensor) -> Tensor {
+    x.mm(&w.transpose(0, 1)).relu().mv(a)
+}
+
+/// Gradients of ½·mean (f − y)² with respect to (W, a), by hand.
+pub fn relu_grads(w: &Tensor, a: &Tensor, x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
+    let b = x.size()[0] as f64;
+    let h = x.mm(&w.transpose(0, 1));
+    let r = h.relu().mv(a) - y;
+    let ga = h.relu().transpose(0, 1).mv(&r) / b;
+    let gw = (h.gt(0.0).to_kind(Kind::Double) * r.unsqueeze(1) * a.unsqueeze(0)).transpose(0, 1).mm(x) / b;
+    (gw, ga)
+}
+
+/// The per-sample Jacobian J [n, m + m·d] of f at (W, a): rows [ReLU(Wx_i), (a ⊙ 1[Wx_i > 0]) ⊗ x_i].
+pub fn relu_jacobian(w: &Tensor, a: &Tensor, x: &Tensor) -> Tensor {
+    let (n, m) = (x.size()[0], w.size()[0]);
+    let h = x.mm(&w.transpose(0, 1));
+    let gw = (h.gt(0.0).to_kind(Kind::Double) * a.unsqueeze(0)).unsqueeze(2) * x.unsqueeze(1);
+    Tensor::cat(&[h.relu(), gw.view([n, m * x.size()[1]])], 1)
+}
+
+/// Tr(H) and λ_max(H) of the Gauss–Newton Hessian JᵀJ/n (exact at interpolation).
+pub fn relu_curvature(w: &Tensor, a: &Tensor, x: &Tensor) -> (f64, f64) {
+    let j = relu_jacobian(w, a, x);
+    let n = x.size()[0] as f64;
+    let gram = j.mm(&j.transpose(0, 1)) / n;
+    let trace = f64::try_from(gram.trace()).expect("scalar");
+    let top = Vec::<f64>::try_from(gram.linalg_eigvalsh("L")).expect("eigenvalues").into_iter().fold(f64::MIN, f64::max);
+    (trace, top)
+}
+
+fn run_relu(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
+    let device = ctx.device;
+    let mut rng = Rng::new(ctx.seed ^ 0x2E1);
+    let (n, d, m) = (cfg.samples, cfg.dim, cfg.width);
+    // The teacher: unit directions, output weights ±1.
+    let ws = gaussian_rows(&mut rng, cfg.teacher_width, d, 1.0, device);
+    let w_star = &ws / ws.square().sum_dim_intlist([1].as_slice(), true, Kind::Double).sqrt();
+    let signs: Vec<f64> = (0..cfg.teacher_width).map(|k| if k % 2 == 0 { 1.0 } else { -1.0 }).collect();
+    let a_star = Tensor::from_slice(&signs).to_device(device);
+    let x = gaussian_rows(&mut rng, n, d, 1.0, device);
+    let y = relu_net(&w_star, &a_star, &x);
+    let xt = gaussian_rows(&mut rng, cfg.test_size, d, 1.0, device);
+    let yt = relu_net(&w_star, &a_star, &xt);
+    let mut w = gaussian_rows(&mut rng, m, d, cfg.init / (d as f64).sqrt(), device);
+    let mut a = gaussian_rows(&mut rng, 1, m, cfg.init / (m as f64).sqrt(), device).view([m]);
+    let loss_of = |w: &Tensor, a: &Tensor| f64::try_from((relu_net(w, a, &x) - &y).square().mean(Kind::Double) * 0.5).expect("scalar");
+    let (mut diverged, mut steps) = (0.0, 0);
+    for step in 1..=cfg.max_steps {
+        let (gw, ga) = if cfg.batch == n {
+            relu_grads(&w, &a, &x, &y)
+        } else {
+            let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.below(n as u64) as i64).collect();
+            let idx = Tensor::from_slice(&idx).to_device(device);
+            relu_grads(&w, &a, &x.index_select(0, &idx), &y.index_select(0, &idx))
+        };
+        w = &w - gw * cfg.lr;
+        a = &a - ga * cfg.lr;
+        steps = step;
+        if step % 500 == 0 || step == cfg.max_steps {
+            let l = loss_of(&w, &a);
+            if !l.is_finite() || l > 1e6 {
+                diverged = 1.0;
+                break;
+            }
+            ctx.log_all(step, &[("train_loss", l)])?;
+            ctx.tick(step, cfg.max_steps)?;
+            if l < cfg.tol {
+                break;
             }
         }
-        ctx.set_final("diverged", diverged)?;
-        ctx.set_final("steps", steps as f64)?;
-        if diverged == 0.0 {
-            let beta = u.square() - v.square();
-            let (trace, top) = curvature(&x, &u, &v);
-            ctx.set_final("final_train_loss", loss_of(&u, &v))?;
-            ctx.set_final("test_error", f64::try_from((&beta - &beta_star).square().sum(Kind::Double))?)?;
-            ctx.set_final("beta_l1", f64::try_from(beta.abs().sum(Kind::Double))?)?;
-            ctx.set_final("trace_h", trace)?;
-            ctx.set_final("lambda_max_h", top)?;
-            // Tr(H)·η/2 ≤ 1 is SGD's stability condition, λ_max·η/2 ≤ 1 GD's.
-            ctx.set_final("trace_h_times_lr_over_2", trace * cfg.lr / 2.0)?;
-            ctx.set_final("lambda_max_times_lr_over_2", top * cfg.lr / 2.0)?;
-        }
-        Ok(())
     }
+    ctx.set_final("diverged", diverged)?;
+    ctx.set_final("steps", steps as f64)?;
+    if diverged == 0.0 {
+        let (trace, top) = relu_curvature(&w, &a, &x);
+        let path = f64::try_from((a.abs() * w.square().sum_dim_intlist([1].as_slice(), false, Kind::Double).sqrt()).sum(Kind::Double))?;
+        ctx.set_final("final_train_loss", loss_of(&w, &a))?;
+        ctx.set_final("test_mse", f64::try_from((relu_net(&w, &a, &xt) - &yt).square().mean(Kind::Double))?)?;
+        ctx.set_final("path_norm", path)?;
+        ctx.set_final("trace_h", trace)?;
+        ctx.set_final("lambda_max_h", top)?;
+        ctx.set_final("trace_h_times_lr_over_2", trace * cfg.lr / 2.0)?;
+        ctx.set_final("lambda_max_times_lr_over_2", top * cfg.lr / 2.0)?;
+    }
+    Ok(())
+}
+
+fn run_diagonal(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
+    let device = ctx.device;
+    let opts = (Kind::Double, device);
+    let mut rng = Rng::new(ctx.seed ^ 0x56D);
+    let (n, d) = (cfg.samples, cfg.dim);
+    let xs: Vec<f64> = (0..n * d).map(|_| rng.normal()).collect();
+    let x = Tensor::from_slice(&xs).view([n, d]).to_device(device);
+    let mut support: Vec<i64> = (0..d).collect();
+    rng.shuffle(&mut support);
+    let mut beta_star = vec![0.0f64; d as usize];
+    for &j in &support[..cfg.sparsity as usize] {
+        beta_star[j as usize] = if rng.uniform() < 0.5 { -1.0 } else { 1.0 };
+    }
+    let beta_star = Tensor::from_slice(&beta_star).to_device(device);
+    let y = x.mv(&beta_star);
+    let mut u = Tensor::full([d], cfg.init, opts);
+    let mut v = Tensor::full([d], cfg.init, opts);
+    let loss_of = |u: &Tensor, v: &Tensor| f64::try_from((x.mv(&(u.square() - v.square())) - &y).square().mean(Kind::Double) * 0.5).expect("scalar");
+    let mut diverged = 0.0;
+    let mut steps = 0;
+    for step in 1..=cfg.max_steps {
+        let (xb, yb) = if cfg.batch == n {
+            (x.shallow_clone(), y.shallow_clone())
+        } else {
+            let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.below(n as u64) as i64).collect();
+            let idx = Tensor::from_slice(&idx).to_device(device);
+            (x.index_select(0, &idx), y.index_select(0, &idx))
+        };
+        // ∂L/∂β = Xᵀr/B; ∂β/∂u = 2u, ∂β/∂v = −2v.
+        let r = xb.mv(&(u.square() - v.square())) - yb;
+        let g_beta = xb.transpose(0, 1).mv(&r) / cfg.batch as f64;
+        let (gu, gv) = (&g_beta * &u * 2.0, &g_beta * &v * -2.0);
+        u = &u - gu * cfg.lr;
+        v = &v - gv * cfg.lr;
+        steps = step;
+        if step % 500 == 0 || step == cfg.max_steps {
+            let l = loss_of(&u, &v);
+            if !l.is_finite() || l > 1e6 {
+                diverged = 1.0;
+                break;
+            }
+            ctx.log_all(step, &[("train_loss", l)])?;
+            ctx.tick(step, cfg.max_steps)?;
+            if l < cfg.tol {
+                break;
+            }
+        }
+    }
+    ctx.set_final("diverged", diverged)?;
+    ctx.set_final("steps", steps as f64)?;
+    if diverged == 0.0 {
+        let beta = u.square() - v.square();
+        let (trace, top) = curvature(&x, &u, &v);
+        ctx.set_final("final_train_loss", loss_of(&u, &v))?;
+        ctx.set_final("test_error", f64::try_from((&beta - &beta_star).square().sum(Kind::Double))?)?;
+        ctx.set_final("beta_l1", f64::try_from(beta.abs().sum(Kind::Double))?)?;
+        ctx.set_final("trace_h", trace)?;
+        ctx.set_final("lambda_max_h", top)?;
+        // Tr(H)·η/2 ≤ 1 is SGD's stability condition, λ_max·η/2 ≤ 1 GD's.
+        ctx.set_final("trace_h_times_lr_over_2", trace * cfg.lr / 2.0)?;
+        ctx.set_final("lambda_max_times_lr_over_2", top * cfg.lr / 2.0)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -166,6 +305,46 @@ mod tests {
         // Tr(H) = (4/n) Σ_i Σ_j x_ij² (u_j² + v_j²).
         let closed = f64::try_from((x.square().sum_dim_intlist([0].as_slice(), false, Kind::Double) * (u0.square() + v0.square())).sum(Kind::Double)).unwrap() * 4.0 / 3.0;
         assert!((closed - trace).abs() < 1e-10);
+    }
+
+    #[test]
+    fn relu_gradients_jacobian_and_curvature_match_autograd_and_the_closed_form() {
+        tch::manual_seed(4);
+        let opts = (Kind::Double, Device::Cpu);
+        let (n, d, m) = (7, 3, 5);
+        let x = Tensor::randn([n, d], opts);
+        let y = Tensor::randn([n], opts);
+        let w = Tensor::randn([m, d], opts).set_requires_grad(true);
+        let a = Tensor::randn([m], opts).set_requires_grad(true);
+        // Hand gradients of ½·mean(f − y)² against autograd.
+        let loss = (relu_net(&w, &a, &x) - &y).square().mean(Kind::Double) * 0.5;
+        let auto = Tensor::run_backward(&[&loss], &[&w, &a], false, false);
+        let (gw, ga) = relu_grads(&w.detach(), &a.detach(), &x, &y);
+        assert!(f64::try_from((&gw - &auto[0]).abs().max()).unwrap() < 1e-12);
+        assert!(f64::try_from((&ga - &auto[1]).abs().max()).unwrap() < 1e-12);
+        // Each Jacobian row is ∇_θ f_i with θ = (a, vec W).
+        let j = relu_jacobian(&w.detach(), &a.detach(), &x);
+        for i in 0..n {
+            let fi = relu_net(&w, &a, &x.narrow(0, i, 1)).sum(Kind::Double);
+            let g = Tensor::run_backward(&[&fi], &[&a, &w], false, false);
+            let row = Tensor::cat(&[g[0].shallow_clone(), g[1].view([-1])], 0);
+            assert!(f64::try_from((&row - j.get(i)).abs().max()).unwrap() < 1e-12);
+        }
+        // Tr(H) = (1/n) Σ_i Σ_k [ReLU(w_kᵀx_i)² + a_k² 1[w_kᵀx_i > 0] ‖x_i‖²]; λ_max from the n × n Gram
+        // equals the top eigenvalue of the P × P matrix JᵀJ/n.
+        let (w0, a0) = (w.detach(), a.detach());
+        let h = x.mm(&w0.transpose(0, 1));
+        let closed = f64::try_from(
+            (h.relu().square() + h.gt(0.0).to_kind(Kind::Double) * a0.square().unsqueeze(0) * x.square().sum_dim_intlist([1].as_slice(), true, Kind::Double))
+                .sum(Kind::Double),
+        )
+        .unwrap()
+            / n as f64;
+        let (trace, top) = relu_curvature(&w0, &a0, &x);
+        assert!((trace - closed).abs() < 1e-10 * closed, "{trace} vs {closed}");
+        let big = j.transpose(0, 1).mm(&j) / n as f64;
+        let big_top = Vec::<f64>::try_from(big.linalg_eigvalsh("L")).unwrap().into_iter().fold(f64::MIN, f64::max);
+        assert!((top - big_top).abs() < 1e-9 * big_top, "{top} vs {big_top}");
     }
 
     #[test]
