@@ -112,6 +112,49 @@ impl super::Paper for SgdStability {
     }
 }
 
+/// (S)GD on `state` until interpolation, shared by both models: each step draws a minibatch of
+/// `batch` rows with replacement (the whole set when batch = n, i.e. GD) and calls `step`; every
+/// 500 steps the full training loss is logged and the run stops below `tol`, or as diverged (loss
+/// > 1e6 or not finite; recorded as `diverged` = 1, not dropped). Records `diverged` and `steps`.
+fn train_to_interpolation<S>(
+    cfg: &Config,
+    ctx: &mut RunCtx,
+    rng: &mut Rng,
+    x: &Tensor,
+    y: &Tensor,
+    state: &mut S,
+    mut step_fn: impl FnMut(&mut S, &Tensor, &Tensor),
+    loss: impl Fn(&S) -> f64,
+) -> Result<bool> {
+    let n = x.size()[0];
+    let (mut diverged, mut steps) = (false, 0);
+    for step in 1..=cfg.max_steps {
+        if cfg.batch == n {
+            step_fn(state, x, y);
+        } else {
+            let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.below(n as u64) as i64).collect();
+            let idx = Tensor::from_slice(&idx).to_device(x.device());
+            step_fn(state, &x.index_select(0, &idx), &y.index_select(0, &idx));
+        }
+        steps = step;
+        if step % 500 == 0 || step == cfg.max_steps {
+            let l = loss(state);
+            if !l.is_finite() || l > 1e6 {
+                diverged = true;
+                break;
+            }
+            ctx.log_all(step, &[("train_loss", l)])?;
+            ctx.tick(step, cfg.max_steps)?;
+            if l < cfg.tol {
+                break;
+            }
+        }
+    }
+    ctx.set_final("diverged", if diverged { 1.0 } else { 0.0 })?;
+    ctx.set_final("steps", steps as f64)?;
+    Ok(diverged)
+}
+
 /// `n` rows of N(0, I_d) in float64.
 fn gaussian_rows(rng: &mut Rng, n: i64, d: i64, scale: f64, device: tch::Device) -> Tensor {
     let xs: Vec<f64> = (0..n * d).map(|_| scale * rng.normal()).collect();
@@ -164,37 +207,17 @@ fn run_relu(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
     let y = relu_net(&w_star, &a_star, &x);
     let xt = gaussian_rows(&mut rng, cfg.test_size, d, 1.0, device);
     let yt = relu_net(&w_star, &a_star, &xt);
-    let mut w = gaussian_rows(&mut rng, m, d, cfg.init / (d as f64).sqrt(), device);
-    let mut a = gaussian_rows(&mut rng, 1, m, cfg.init / (m as f64).sqrt(), device).view([m]);
+    let w = gaussian_rows(&mut rng, m, d, cfg.init / (d as f64).sqrt(), device);
+    let a = gaussian_rows(&mut rng, 1, m, cfg.init / (m as f64).sqrt(), device).view([m]);
     let loss_of = |w: &Tensor, a: &Tensor| f64::try_from((relu_net(w, a, &x) - &y).square().mean(Kind::Double) * 0.5).expect("scalar");
-    let (mut diverged, mut steps) = (0.0, 0);
-    for step in 1..=cfg.max_steps {
-        let (gw, ga) = if cfg.batch == n {
-            relu_grads(&w, &a, &x, &y)
-        } else {
-            let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.below(n as u64) as i64).collect();
-            let idx = Tensor::from_slice(&idx).to_device(device);
-            relu_grads(&w, &a, &x.index_select(0, &idx), &y.index_select(0, &idx))
-        };
-        w = &w - gw * cfg.lr;
-        a = &a - ga * cfg.lr;
-        steps = step;
-        if step % 500 == 0 || step == cfg.max_steps {
-            let l = loss_of(&w, &a);
-            if !l.is_finite() || l > 1e6 {
-                diverged = 1.0;
-                break;
-            }
-            ctx.log_all(step, &[("train_loss", l)])?;
-            ctx.tick(step, cfg.max_steps)?;
-            if l < cfg.tol {
-                break;
-            }
-        }
-    }
-    ctx.set_final("diverged", diverged)?;
-    ctx.set_final("steps", steps as f64)?;
-    if diverged == 0.0 {
+    let mut state = (w, a);
+    let diverged = train_to_interpolation(cfg, ctx, &mut rng, &x, &y, &mut state, |(w, a), xb, yb| {
+        let (gw, ga) = relu_grads(w, a, xb, yb);
+        *w = &*w - gw * cfg.lr;
+        *a = &*a - ga * cfg.lr;
+    }, |(w, a)| loss_of(w, a))?;
+    let (w, a) = state;
+    if !diverged {
         let (trace, top) = relu_curvature(&w, &a, &x);
         let path = f64::try_from((a.abs() * w.square().sum_dim_intlist([1].as_slice(), false, Kind::Double).sqrt()).sum(Kind::Double))?;
         ctx.set_final("final_train_loss", loss_of(&w, &a))?;
@@ -223,42 +246,20 @@ fn run_diagonal(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
     }
     let beta_star = Tensor::from_slice(&beta_star).to_device(device);
     let y = x.mv(&beta_star);
-    let mut u = Tensor::full([d], cfg.init, opts);
-    let mut v = Tensor::full([d], cfg.init, opts);
+    let u = Tensor::full([d], cfg.init, opts);
+    let v = Tensor::full([d], cfg.init, opts);
     let loss_of = |u: &Tensor, v: &Tensor| f64::try_from((x.mv(&(u.square() - v.square())) - &y).square().mean(Kind::Double) * 0.5).expect("scalar");
-    let mut diverged = 0.0;
-    let mut steps = 0;
-    for step in 1..=cfg.max_steps {
-        let (xb, yb) = if cfg.batch == n {
-            (x.shallow_clone(), y.shallow_clone())
-        } else {
-            let idx: Vec<i64> = (0..cfg.batch).map(|_| rng.below(n as u64) as i64).collect();
-            let idx = Tensor::from_slice(&idx).to_device(device);
-            (x.index_select(0, &idx), y.index_select(0, &idx))
-        };
+    let mut state = (u, v);
+    let diverged = train_to_interpolation(cfg, ctx, &mut rng, &x, &y, &mut state, |(u, v), xb, yb| {
         // ∂L/∂β = Xᵀr/B; ∂β/∂u = 2u, ∂β/∂v = −2v.
         let r = xb.mv(&(u.square() - v.square())) - yb;
-        let g_beta = xb.transpose(0, 1).mv(&r) / cfg.batch as f64;
-        let (gu, gv) = (&g_beta * &u * 2.0, &g_beta * &v * -2.0);
-        u = &u - gu * cfg.lr;
-        v = &v - gv * cfg.lr;
-        steps = step;
-        if step % 500 == 0 || step == cfg.max_steps {
-            let l = loss_of(&u, &v);
-            if !l.is_finite() || l > 1e6 {
-                diverged = 1.0;
-                break;
-            }
-            ctx.log_all(step, &[("train_loss", l)])?;
-            ctx.tick(step, cfg.max_steps)?;
-            if l < cfg.tol {
-                break;
-            }
-        }
-    }
-    ctx.set_final("diverged", diverged)?;
-    ctx.set_final("steps", steps as f64)?;
-    if diverged == 0.0 {
+        let g_beta = xb.transpose(0, 1).mv(&r) / xb.size()[0] as f64;
+        let (gu, gv) = (&g_beta * &*u * 2.0, &g_beta * &*v * -2.0);
+        *u = &*u - gu * cfg.lr;
+        *v = &*v - gv * cfg.lr;
+    }, |(u, v)| loss_of(u, v))?;
+    let (u, v) = state;
+    if !diverged {
         let beta = u.square() - v.square();
         let (trace, top) = curvature(&x, &u, &v);
         ctx.set_final("final_train_loss", loss_of(&u, &v))?;
