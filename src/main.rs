@@ -101,7 +101,8 @@ struct RunArgs {
     /// Runs at once, each in its own process (a crash cannot take the others down).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    /// Torch threads per run (default: cores / jobs).
+    /// Torch threads per run (default 1, whatever --jobs is, so that `--jobs` never changes the
+    /// numbers; raise it for one large run).
     #[arg(long)]
     threads: Option<i32>,
     /// Run only the I-th of N deterministic slices (I is 0-based), e.g. --shard 0/4.
@@ -114,6 +115,9 @@ struct RunArgs {
     #[arg(long, default_value = "results")]
     out: PathBuf,
 }
+
+/// Torch threads per run when `--threads` is not given.
+const DEFAULT_THREADS: i32 = 1;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -245,11 +249,12 @@ fn cmd_run(args: RunArgs, quiet: bool, data_dir: &Path) -> Result<ExitCode> {
     for p in &prepared {
         runner::check_data(&p.runs, data_dir).map_err(|e| anyhow::anyhow!("{}: {e}", p.spec.path.display()))?;
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // A fixed default, not cores / jobs: libtorch's reductions may split by thread, so a default
+    // that followed --jobs would make `--jobs 1` and `--jobs 2` give different bytes.
     let threads = match args.threads {
         Some(t) if t >= 1 => t,
         Some(t) => bail!("--threads {t}: must be at least 1"),
-        None => (cores / args.jobs).max(1) as i32,
+        None => DEFAULT_THREADS,
     };
     install_ctrl_c();
     let progress = ProgressMode::detect(quiet);

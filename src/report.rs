@@ -51,6 +51,8 @@ pub struct ClaimResult {
     pub text: String,
     pub measured: String,
     pub pass: Option<bool>,
+    /// A check that holds by construction (the spec's `check: true`), shown apart from the claims.
+    pub check: bool,
 }
 
 /// The report of one experiment directory.
@@ -133,13 +135,18 @@ pub fn report(exp_dir: &Path) -> Result<Report> {
     }
 
     let claims: Vec<ClaimResult> = exp.claims.iter().map(|c| evaluate(c, &stats, &planned, &exp.points)).collect();
-    if !claims.is_empty() {
+    // The paper's claims, then the checks that hold by construction (a failing check is a bug).
+    for (check, heading, column) in [(false, "Claims", "claim"), (true, "Checks (hold by construction; not the paper's claims)", "check")] {
+        let these: Vec<&ClaimResult> = claims.iter().filter(|c| c.check == check).collect();
+        if these.is_empty() {
+            continue;
+        }
         writeln!(md).ok();
-        writeln!(md, "## Claims").ok();
+        writeln!(md, "## {heading}").ok();
         writeln!(md).ok();
-        writeln!(md, "| claim | measured (means over seeds) | result |").ok();
+        writeln!(md, "| {column} | measured (means over seeds; ± standard error) | result |").ok();
         writeln!(md, "|---|---|---|").ok();
-        for c in &claims {
+        for c in these {
             let verdict = match c.pass {
                 Some(true) => "PASS",
                 Some(false) => "FAIL",
@@ -276,9 +283,38 @@ fn cell(stats: Option<&GroupStats>, metric: &str) -> String {
     }
 }
 
+/// A group's mean over seeds and its standard error (sample std / √n; 0 for one seed).
+#[derive(Debug, Clone, Copy)]
+struct MeanSe {
+    mean: f64,
+    se: f64,
+}
+
+impl MeanSe {
+    fn of(xs: &[f64]) -> Self {
+        let (mean, sd) = mean_std(xs);
+        MeanSe { mean, se: sd / (xs.len() as f64).sqrt() }
+    }
+}
+
+/// Standard error of a difference of two independent means.
+fn se_diff(a: f64, b: f64) -> f64 {
+    (a * a + b * b).sqrt()
+}
+
+/// " ± SE, k SE from the line" for a quantity that must exceed `line`; how far from seed noise a
+/// verdict is.
+fn spread(x: f64, se: f64, line: f64) -> String {
+    if se > 0.0 {
+        format!(" ± {} SE, {:+.1} SE from {}", fmt_num(se), (x - line) / se, fmt_num(line))
+    } else {
+        String::new()
+    }
+}
+
 /// The mean of `metric` over the group's runs — only when every planned run of the group is
 /// `ok`: a claim is not judged on the seeds that happened to finish.
-fn group_mean(stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMap<&str, usize>, group: &str, metric: &str) -> Result<f64, String> {
+fn group_mean(stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMap<&str, usize>, group: &str, metric: &str) -> Result<MeanSe, String> {
     let Some(s) = stats.get(group) else { return Err(format!("{group}: no run yet")) };
     let want = planned.get(group).copied().unwrap_or(s.ok);
     if s.ok < want {
@@ -286,7 +322,7 @@ fn group_mean(stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMap<&str, usize
         return Err(format!("{group}: {}/{want} runs ok{other}", s.ok));
     }
     match s.values.get(metric) {
-        Some(xs) if xs.len() == s.ok => Ok(mean_std(xs).0),
+        Some(xs) if xs.len() == s.ok => Ok(MeanSe::of(xs)),
         Some(xs) if !xs.is_empty() => Err(format!("{group}: `{metric}` reported by only {}/{} runs", xs.len(), s.ok)),
         _ if s.ok == 0 && !s.other.is_empty() => Err(format!("{group}: {}", not_ok_text(s))),
         _ => Err(format!("{group}: `{metric}` not reported")),
@@ -310,17 +346,20 @@ fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMa
         let text = format!("`{m}`: {subject} {op} {than}{margin_text}{note}");
         return match (group_mean(stats, planned, subject, m), group_mean(stats, planned, than, m)) {
             (Ok(a), Ok(b)) => {
-                let diff = if higher { a - b } else { b - a };
+                let diff = if higher { a.mean - b.mean } else { b.mean - a.mean };
+                let se = se_diff(a.se, b.se);
                 ClaimResult {
                     text,
-                    measured: format!("{subject} {} vs {than} {} (by {})", fmt_num(a), fmt_num(b), fmt_num(diff)),
+                    measured: format!("{subject} {} vs {than} {} (by {}{})", fmt_num(a.mean), fmt_num(b.mean), fmt_num(diff), spread(diff, se, margin)),
                     pass: Some(diff > margin),
+                    check: claim.check,
                 }
             }
             (a, b) => ClaimResult {
                 text,
                 measured: [a.err(), b.err()].into_iter().flatten().collect::<Vec<_>>().join("; "),
                 pass: None,
+                check: claim.check,
             },
         };
     }
@@ -334,11 +373,22 @@ fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMa
     }
     let text = format!("`{m}`: {variant} {}{note}", bounds.join(" and "));
     match group_mean(stats, planned, &variant, m) {
-        Ok(x) => {
+        Ok(MeanSe { mean: x, se }) => {
             let pass = claim.at_least.is_none_or(|lo| x >= lo) && claim.at_most.is_none_or(|hi| x <= hi);
-            ClaimResult { text, measured: format!("{variant} {}", fmt_num(x)), pass: Some(pass) }
+            // Distance to the nearer bound, in the direction that passes.
+            let line = match (claim.at_least, claim.at_most) {
+                (Some(lo), Some(hi)) if (x - lo).abs() > (hi - x).abs() => Some((hi, -1.0)),
+                (Some(lo), _) => Some((lo, 1.0)),
+                (None, Some(hi)) => Some((hi, -1.0)),
+                (None, None) => None,
+            };
+            let spread_text = match line {
+                Some((b, sign)) if se > 0.0 => format!(" ± {} SE, {:+.1} SE inside {}", fmt_num(se), sign * (x - b) / se, fmt_num(b)),
+                _ => String::new(),
+            };
+            ClaimResult { text, measured: format!("{variant} {}{spread_text}", fmt_num(x)), pass: Some(pass), check: claim.check }
         }
-        Err(why) => ClaimResult { text, measured: why, pass: None },
+        Err(why) => ClaimResult { text, measured: why, pass: None, check: claim.check },
     }
 }
 
@@ -375,7 +425,7 @@ fn evaluate_trend(
     };
     let where_text = if fixed.is_empty() { String::new() } else { format!(" where {}", fixed.join(", ")) };
     let text = format!("`{m}`: {variant} across {}{where_text}: {rule}{note}", across.join(" × "));
-    let unknown = |why: String| ClaimResult { text: text.clone(), measured: why, pass: None };
+    let unknown = |why: String| ClaimResult { text: text.clone(), measured: why, pass: None, check: claim.check };
 
     let selected = trend_groups(claim, points);
     if selected.is_empty() {
@@ -383,12 +433,16 @@ fn evaluate_trend(
     }
     // (x label, x, mean) per point.
     let mut values: Vec<(String, f64, f64)> = vec![];
+    let mut ses: Vec<f64> = vec![];
     let mut errors = vec![];
     for p in &selected {
         let label: Vec<String> = p.sweep.iter().filter(|(k, _)| across.contains(k)).map(|(k, v)| format!("{k}={v}")).collect();
         let x = p.sweep.iter().find(|(k, _)| across.first() == Some(k)).and_then(|(_, v)| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
         match group_mean(stats, planned, &p.group, m) {
-            Ok(y) => values.push((label.join(","), x, y)),
+            Ok(y) => {
+                values.push((label.join(","), x, y.mean));
+                ses.push(y.se);
+            }
             Err(e) => errors.push(e),
         }
     }
@@ -396,7 +450,10 @@ fn evaluate_trend(
         return unknown(errors.join("; "));
     }
     if trend != Trend::Flat {
-        values.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut order: Vec<usize> = (0..values.len()).collect();
+        order.sort_by(|&i, &j| values[i].1.total_cmp(&values[j].1));
+        ses = order.iter().map(|&i| ses[i]).collect();
+        values = order.iter().map(|&i| values[i].clone()).collect();
     }
     let listed = values.iter().map(|(l, _, y)| format!("{l}: {}", fmt_num(*y))).collect::<Vec<_>>().join(", ");
     let ys: Vec<f64> = values.iter().map(|v| v.2).collect();
@@ -404,8 +461,10 @@ fn evaluate_trend(
     let (pass, detail) = match trend {
         Trend::Increasing | Trend::Decreasing => {
             let sign = if trend == Trend::Increasing { 1.0 } else { -1.0 };
-            let worst = ys.windows(2).map(|w| sign * (w[1] - w[0])).fold(f64::INFINITY, f64::min);
-            (worst > margin, format!("smallest {} {}", if sign > 0.0 { "rise" } else { "fall" }, fmt_num(worst)))
+            let (worst, worst_se) = (1..ys.len())
+                .map(|i| (sign * (ys[i] - ys[i - 1]), se_diff(ses[i], ses[i - 1])))
+                .fold((f64::INFINITY, 0.0), |acc, s| if s.0 < acc.0 { s } else { acc });
+            (worst > margin, format!("smallest {} {}{}", if sign > 0.0 { "rise" } else { "fall" }, fmt_num(worst), spread(worst, worst_se, margin)))
         }
         Trend::UShaped => {
             let (imin, ymin) = ys.iter().copied().enumerate().fold((0, f64::INFINITY), |acc, (i, y)| if y < acc.1 { (i, y) } else { acc });
@@ -433,7 +492,7 @@ fn evaluate_trend(
             }
         }
     };
-    ClaimResult { text, measured: format!("{listed}; {detail}"), pass: Some(pass) }
+    ClaimResult { text, measured: format!("{listed}; {detail}"), pass: Some(pass), check: claim.check }
 }
 
 fn slope_axes(claim: &Claim) -> &'static str {
@@ -575,6 +634,49 @@ mod tests {
         assert_eq!(evaluate(&claim("{metric: acc, higher: a, than: b, margin: 0.3}"), &st).pass, Some(false));
         assert_eq!(evaluate(&claim("{metric: acc, lower: b, than: a}"), &st).pass, Some(true));
         assert_eq!(evaluate(&claim("{metric: acc, lower: a, than: b}"), &st).pass, Some(false));
+    }
+
+    #[test]
+    fn claims_show_the_standard_error_that_decides_them() {
+        // a: mean 0.85, sd 0.0707, se 0.05; b: mean 0.65, se 0.05 ⇒ diff 0.2 ± 0.0707, 2.8 SE from 0.
+        let st = stats_of(&[("a", &[0.9, 0.8], &[]), ("b", &[0.6, 0.7], &[])]);
+        let r = evaluate(&claim("{metric: acc, higher: a, than: b}"), &st);
+        assert!(r.measured.contains("by 0.2000 ± 0.07071 SE, +2.8 SE from 0"), "{}", r.measured);
+        let r = evaluate(&claim("{metric: acc, higher: a, than: b, margin: 0.3}"), &st);
+        assert!(r.measured.contains("-1.4 SE from 0.3000"), "{}", r.measured);
+        // A bound: distance to the bound that matters, positive when inside.
+        let r = evaluate(&claim("{metric: acc, variant: a, at_least: 0.75}"), &st);
+        assert!(r.measured.contains("0.8500 ± 0.05000 SE, +2.0 SE inside 0.7500"), "{}", r.measured);
+        let r = evaluate(&claim("{metric: acc, variant: b, at_most: 0.6}"), &st);
+        assert!(r.measured.contains("-1.0 SE inside 0.6000") && r.pass == Some(false), "{}", r.measured);
+        // One seed: no spread to show.
+        let one = stats_of(&[("c", &[0.5], &[])]);
+        assert_eq!(evaluate(&claim("{metric: acc, variant: c, at_least: 0.1}"), &one).measured, "c 0.5000");
+    }
+
+    #[test]
+    fn trend_steps_carry_their_standard_error() {
+        let mut st = BTreeMap::new();
+        let mut points = vec![];
+        for (x, ys) in [("1", [1.0, 1.2]), ("2", [2.0, 2.2]), ("3", [2.5, 2.7])] {
+            let group: &'static str = Box::leak(format!("v__k={x}").into_boxed_str());
+            let mut s = GroupStats { ok: 2, ..Default::default() };
+            s.values.insert("acc".into(), ys.to_vec());
+            st.insert(group, s);
+            points.push(GroupPoint { group: group.into(), variant: "v".into(), sweep: vec![("k".into(), x.into())] });
+        }
+        // Each se is 0.1; the smallest rise 0.5 has se √0.02 ≈ 0.1414 ⇒ 3.5 SE.
+        let r = trend("{metric: acc, variant: v, across: k, trend: increasing}", &st, &points);
+        assert!(r.measured.contains("smallest rise 0.5000 ± 0.1414 SE, +3.5 SE from 0"), "{}", r.measured);
+    }
+
+    #[test]
+    fn checks_are_reported_apart_from_claims() {
+        let c = claim("{metric: acc, variant: a, at_most: 1, check: true}");
+        assert!(c.check);
+        assert!(!claim("{metric: acc, variant: a, at_most: 1}").check);
+        let st = stats_of(&[("a", &[0.9, 0.8], &[])]);
+        assert!(evaluate(&c, &st).check);
     }
 
     #[test]

@@ -12,15 +12,15 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// `widths` = [input, hidden..., output]; tch's default linear init: Kaiming-uniform with the ReLU gain,
-    /// U(±√(6/fan_in)) weights (PyTorch's nn.Linear uses U(±1/√fan_in)), U(±1/√fan_in) biases.
+    /// `widths` = [input, hidden..., output], each layer an `nn.Linear` with PyTorch's default init,
+    /// U(±1/√fan_in) for weights and biases (`super::init`), as the official codes that build their
+    /// MLPs from `nn.Linear` start.
     pub fn new(vs: &nn::Path, widths: &[i64], bias: bool) -> Self {
         assert!(widths.len() >= 2, "an MLP needs at least input and output widths");
-        let cfg = nn::LinearConfig { bias, ..Default::default() };
         let layers = widths
             .windows(2)
             .enumerate()
-            .map(|(i, w)| nn::linear(vs / format!("layer{i}"), w[0], w[1], cfg))
+            .map(|(i, w)| super::init::linear(vs / format!("layer{i}"), w[0], w[1], bias))
             .collect();
         Mlp { layers }
     }

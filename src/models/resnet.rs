@@ -9,13 +9,16 @@
 //!   conv-BN-ReLU, blocks BN-ReLU-conv-BN-ReLU-conv whose shortcut (identity, or a 1×1 conv
 //!   without BN) takes the already pre-activated input, no ReLU after the add and no final BN
 //!   before pooling. (Kuang Liu's version has no stem BN and a raw-input identity shortcut.)
+//!
+//! Both official codes leave every layer at PyTorch's defaults, so convolutions and the head use
+//! `super::init` (U(±1/√fan_in)), BatchNorm weight 1 and bias 0.
 
 use tch::nn::{self, ModuleT};
 use tch::Tensor;
 
 fn conv(vs: nn::Path, cin: i64, cout: i64, k: i64, stride: i64) -> nn::Conv2D {
     let cfg = nn::ConvConfig { stride, padding: k / 2, bias: false, ..Default::default() };
-    nn::conv2d(vs, cin, cout, k, cfg)
+    super::init::conv2d(vs, cin, cout, k, cfg)
 }
 
 #[derive(Debug)]
@@ -114,7 +117,7 @@ pub fn resnet(vs: &nn::Path, in_channels: i64, classes: i64, depths: [usize; 4])
         stem: conv(vs / "stem", in_channels, 64, 3, 1),
         stem_bn: Some(nn::batch_norm2d(vs / "stem_bn", 64, Default::default())),
         blocks: stages(vs, depths, false),
-        head: nn::linear(vs / "head", 512, classes, Default::default()),
+        head: super::init::linear(vs / "head", 512, classes, true),
     }
 }
 
@@ -124,7 +127,7 @@ pub fn preact_resnet18(vs: &nn::Path, in_channels: i64, classes: i64) -> ResNet 
         stem: conv(vs / "stem", in_channels, 64, 3, 1),
         stem_bn: Some(nn::batch_norm2d(vs / "stem_bn", 64, Default::default())),
         blocks: stages(vs, [2, 2, 2, 2], true),
-        head: nn::linear(vs / "head", 512, classes, Default::default()),
+        head: super::init::linear(vs / "head", 512, classes, true),
     }
 }
 

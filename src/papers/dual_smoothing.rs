@@ -1,5 +1,5 @@
 //! Mitigating the Curse of Dimensionality for Certified Robustness via Dual Randomized Smoothing —
-//! Xia, Zhang, Li, Wang & Liu, arXiv 2404.09586.
+//! Xia, Yu, Jiang & Ding, arXiv 2404.09586 (ICLR 2024).
 //!
 //! Dual randomized smoothing (DRS) splits the input into two interleaved sub-images of d/2
 //! pixels, smooths a classifier on each, and certifies their combined vote; the smoothing radius

@@ -12,7 +12,10 @@
 //! no ½ in the exponent, one k per mini-batch, the mask multiplies the features without
 //! rescaling, bias-free linear classifier on post-ReLU features; every epoch K* = argmax over
 //! 0-based k of (val acc_k − 1e−5·k), K*+1 channels kept; dropout baseline = standard
-//! (rescaled) dropout on the features; linear lr warm-up before the first epoch. Stage 2 (as
+//! (rescaled) dropout on the features; a linear lr warm-up before the first epoch that does not
+//! count for model selection (the official code resets best_acc after it), then MultiStepLR
+//! ×0.1 at the milestones (official [200, 300] of 350 epochs; the spec scales them to its
+//! budget). Stage 2 (as
 //! `co_teaching_resnet/`): each batch is split in half, each network scores its own half in eval
 //! mode without gradients, masked at the K* last selected on validation, keeps the
 //! int((1−τ)·B/2) smallest-loss samples, and its peer trains on them under a freshly drawn
@@ -20,7 +23,9 @@
 //! reported accuracy is the two networks' averaged logits at a K re-selected on validation each
 //! epoch, taken at the best validation epoch. Co-teaching from scratch follows Han et al. 2018
 //! (both networks rank the whole batch; τ_t = τ·min(t/T_k, 1)); the official repo only has it
-//! for Clothing1M. Stage 2 starts from each stage-1 network's best-validation checkpoint.
+//! for Clothing1M. Stage 2 starts from each stage-1 network's best-validation checkpoint; the
+//! loaded pair is evaluated first (`Evaluation(0)`: the first ranking K, and a selection
+//! candidate), and its lr drops ×0.1 halfway (official `--lrSchedule 50` of 100 epochs).
 //! `test_acc_last`/`test_acc_drop` (last epoch vs best) are our additions.
 
 use anyhow::{bail, Result};
@@ -60,7 +65,7 @@ pub struct Config {
     pub weight_decay: f64,
     /// Stage-1 learning rate ×0.1 at these epochs (official: [200, 300] of 350).
     pub milestones: Vec<u64>,
-    /// Linear learning-rate warm-up iterations before the first epoch.
+    /// Linear learning-rate warm-up iterations before the first epoch (official `--warmUpIter`).
     pub warmup_iters: u64,
     /// σ of the nested distribution (μ = `nested_mu`).
     pub nested_sigma: f64,
@@ -72,6 +77,8 @@ pub struct Config {
     /// Stage 2 of Nested + Co-teaching.
     pub finetune_epochs: u64,
     pub finetune_lr: f64,
+    /// Stage-2 learning rate ×0.1 at these fine-tuning epochs (official `--lrSchedule 50` of 100).
+    pub finetune_milestones: Vec<u64>,
 }
 
 impl Default for Config {
@@ -102,8 +109,14 @@ impl Default for Config {
             ramp_epochs: 10,
             finetune_epochs: 40,
             finetune_lr: 0.005,
+            finetune_milestones: vec![20],
         }
     }
+}
+
+/// `base` × 0.1 per milestone reached (MultiStepLR, γ 0.1, stepped once per epoch).
+fn multistep(base: f64, milestones: &[u64], epoch: u64) -> f64 {
+    base * 0.1f64.powi(milestones.iter().filter(|&&m| m <= epoch).count() as i32)
 }
 
 /// p(k) ∝ exp(−((k − μ)/σ)²) for k = 1..D (no factor ½, as in the official code).
@@ -269,53 +282,85 @@ impl NestedCoteaching {
         Ok(nn::Sgd { momentum: cfg.momentum, dampening: 0.0, wd: cfg.weight_decay, nesterov: false }.build(&net.vs, lr)?)
     }
 
-    /// Stage 1 (CE, Dropout, Nested) or Co-teaching from scratch; returns the trained networks.
+    /// One stage-1 step on the batch `idx` at learning rate `lr`: CE / Dropout / Nested on one
+    /// network, or Han et al.'s Co-teaching on two (both rank the batch; each trains on its
+    /// peer's small-loss set, τ ramped over `ramp_epochs`).
+    #[allow(clippy::too_many_arguments)]
+    fn scratch_step(cfg: &Config, data: &Data, nets: &[Net], opts: &mut [nn::Optimizer], idx: &Tensor, lr: f64, epoch: u64, p: &[f64], ctx: &mut RunCtx) {
+        let nested = matches!(cfg.method, Method::Nested | Method::NestedCoteaching);
+        let dropout = if cfg.method == Method::Dropout { cfg.dropout } else { 0.0 };
+        let k = nested.then(|| sample(p, ctx.rng()));
+        let (x, y) = (data.train.x.index_select(0, idx), data.train.y.index_select(0, idx));
+        if nets.len() == 1 {
+            opts[0].set_lr(lr);
+            let loss = nets[0].logits(&x, k, dropout, true).cross_entropy_for_logits(&y);
+            opts[0].backward_step(&loss);
+        } else {
+            let tau = cfg.forget_rate * (epoch as f64 / cfg.ramp_epochs.max(1) as f64).min(1.0);
+            let keep = kept(y.size()[0], tau);
+            let l0 = nets[0].logits(&x, k, 0.0, true).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0);
+            let l1 = nets[1].logits(&x, k, 0.0, true).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0);
+            let (s0, s1) = (small_loss(&l0.detach(), keep), small_loss(&l1.detach(), keep));
+            for (o, (l, s)) in opts.iter_mut().zip([(l0, s1), (l1, s0)]) {
+                o.set_lr(lr);
+                o.backward_step(&l.index_select(0, &s).mean(Kind::Float));
+            }
+        }
+    }
+
+    /// Stage 1 (CE, Dropout, Nested) or Co-teaching from scratch, as `nested/train_resnet.py`: a
+    /// linear lr warm-up *before* the epochs (it cycles through shuffled batches and, like the
+    /// official loop that breaks when its counter reaches `warmUpIter`, makes warmup_iters − 1
+    /// updates at lr·i/warmup_iters), one evaluation after it that is logged at step 0 and then
+    /// forgotten (the official code resets best_acc), then `epochs` epochs with the milestones.
     fn train_from_scratch(cfg: &Config, data: &Data, nets: &[Net], ctx: &mut RunCtx, sel: &mut Selection, log: bool) -> Result<()> {
         let p = nested_distribution(*cfg.features.last().expect("D"), cfg.nested_mu, cfg.nested_sigma);
         let mut opts: Vec<nn::Optimizer> = nets.iter().map(|n| Self::sgd(cfg, n, cfg.lr)).collect::<Result<_>>()?;
-        let nested = matches!(cfg.method, Method::Nested | Method::NestedCoteaching);
-        let dropout = if cfg.method == Method::Dropout { cfg.dropout } else { 0.0 };
-        let mut iter = 0u64;
-        let total = cfg.epochs;
-        for epoch in 0..cfg.epochs {
-            for idx in data.train.batches(cfg.batch_size, ctx.rng()) {
-                iter += 1;
-                let base = cfg.lr * 0.1f64.powi(cfg.milestones.iter().filter(|&&m| m <= epoch).count() as i32);
-                let lr = if iter <= cfg.warmup_iters { base * iter as f64 / cfg.warmup_iters as f64 } else { base };
-                let k = nested.then(|| sample(&p, ctx.rng()));
-                let (x, y) = (data.train.x.index_select(0, &idx), data.train.y.index_select(0, &idx));
-                if nets.len() == 1 {
-                    opts[0].set_lr(lr);
-                    let loss = nets[0].logits(&x, k, dropout, true).cross_entropy_for_logits(&y);
-                    opts[0].backward_step(&loss);
-                } else {
-                    // Han et al. 2018: both rank the batch; each trains on its peer's small-loss set.
-                    let tau = cfg.forget_rate * (epoch as f64 / cfg.ramp_epochs.max(1) as f64).min(1.0);
-                    let keep = kept(y.size()[0], tau);
-                    let l0 = nets[0].logits(&x, k, 0.0, true).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0);
-                    let l1 = nets[1].logits(&x, k, 0.0, true).cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::None, -100, 0.0);
-                    let (s0, s1) = (small_loss(&l0.detach(), keep), small_loss(&l1.detach(), keep));
-                    for (o, (l, s)) in opts.iter_mut().zip([(l0, s1), (l1, s0)]) {
-                        o.set_lr(lr);
-                        o.backward_step(&l.index_select(0, &s).mean(Kind::Float));
+        let refs: Vec<&Net> = nets.iter().collect();
+        if cfg.warmup_iters > 1 {
+            let mut iter = 1u64;
+            'warm: loop {
+                for idx in data.train.batches(cfg.batch_size, ctx.rng()) {
+                    if iter >= cfg.warmup_iters {
+                        break 'warm;
                     }
+                    let lr = cfg.lr * iter as f64 / cfg.warmup_iters as f64;
+                    Self::scratch_step(cfg, data, nets, &mut opts, &idx, lr, 0, &p, ctx);
+                    iter += 1;
                 }
             }
-            let refs: Vec<&Net> = nets.iter().collect();
+            Self::evaluate(cfg, &refs, data, sel, 0, ctx, log)?;
+            *sel = Selection { best_val: f64::NEG_INFINITY, ..Default::default() };
+        }
+        for epoch in 0..cfg.epochs {
+            let lr = multistep(cfg.lr, &cfg.milestones, epoch);
+            for idx in data.train.batches(cfg.batch_size, ctx.rng()) {
+                Self::scratch_step(cfg, data, nets, &mut opts, &idx, lr, epoch, &p, ctx);
+            }
             Self::evaluate(cfg, &refs, data, sel, epoch + 1, ctx, log)?;
-            ctx.tick(epoch + 1, total)?;
+            ctx.tick(epoch + 1, cfg.epochs)?;
         }
         Ok(())
     }
 
-    /// Stage 2: the official half-batch, eval-mode small-loss Co-teaching of two nested nets.
-    fn finetune(cfg: &Config, data: &Data, nets: &[Net], ctx: &mut RunCtx, sel: &mut Selection, k_start: i64) -> Result<()> {
+    /// Stage 2: the official half-batch, eval-mode small-loss Co-teaching of two nested nets
+    /// (`co_teaching_resnet/main.py`). Before the first epoch the loaded pair is evaluated like
+    /// any epoch (`Evaluation(0)`): its averaged-logit K on validation is the first ranking
+    /// truncation and the pair itself is a model-selection candidate. A selected K of one channel
+    /// ranks with all channels, as the official code substitutes `feat_dim − 1` for index 0.
+    fn finetune(cfg: &Config, data: &Data, nets: &[Net], ctx: &mut RunCtx, sel: &mut Selection) -> Result<()> {
         let p = nested_distribution(*cfg.features.last().expect("D"), cfg.nested_mu, cfg.nested_sigma);
-        // The truncation used for ranking: the stage-1 K*, then each epoch's validation choice.
-        let mut k_rank = k_start;
+        let d = *cfg.features.last().expect("D");
+        let ranking = |k: i64| if k <= 1 { d } else { k };
+        let refs: Vec<&Net> = nets.iter().collect();
+        let mut k_rank = ranking(Self::evaluate(cfg, &refs, data, sel, cfg.epochs, ctx, true)?.unwrap_or(d));
         let mut opts: Vec<nn::Optimizer> = nets.iter().map(|n| Self::sgd(cfg, n, cfg.finetune_lr)).collect::<Result<_>>()?;
         let tau = cfg.forget_rate;
         for epoch in 0..cfg.finetune_epochs {
+            let lr = multistep(cfg.finetune_lr, &cfg.finetune_milestones, epoch);
+            for o in opts.iter_mut() {
+                o.set_lr(lr);
+            }
             for idx in data.train.batches(cfg.batch_size, ctx.rng()) {
                 let b = idx.size()[0];
                 if b < 2 {
@@ -340,8 +385,7 @@ impl NestedCoteaching {
                     o.backward_step(&nets[i].logits(&x, k, 0.0, true).cross_entropy_for_logits(&y));
                 }
             }
-            let refs: Vec<&Net> = nets.iter().collect();
-            k_rank = Self::evaluate(cfg, &refs, data, sel, cfg.epochs + epoch + 1, ctx, true)?.unwrap_or(k_rank);
+            k_rank = Self::evaluate(cfg, &refs, data, sel, cfg.epochs + epoch + 1, ctx, true)?.map_or(k_rank, ranking);
             ctx.tick(cfg.epochs + epoch + 1, cfg.epochs + cfg.finetune_epochs)?;
         }
         Ok(())
@@ -394,17 +438,15 @@ impl super::Paper for NestedCoteaching {
                 // Stage 1: two nested networks from different seeds, each restored to its best
                 // validation checkpoint (not logged as the result).
                 let mut stage1 = vec![];
-                let mut k_star = *cfg.features.last().expect("D");
                 for seed in [ctx.seed, ctx.seed + 1_000_003] {
                     let mut best = Selection { best_val: f64::NEG_INFINITY, ..Default::default() };
                     let net = [make(seed)];
                     Self::train_from_scratch(cfg, &data, &net, ctx, &mut best, false)?;
                     let [net] = net;
                     restore(&net, &best.checkpoint);
-                    k_star = k_star.min(best.k_at_best_val.max(1));
                     stage1.push(net);
                 }
-                Self::finetune(cfg, &data, &stage1, ctx, &mut sel, k_star)?;
+                Self::finetune(cfg, &data, &stage1, ctx, &mut sel)?;
             }
         }
         ctx.set_final("test_acc", sel.test_at_best_val)?;
@@ -418,6 +460,7 @@ impl super::Paper for NestedCoteaching {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::Split;
 
     #[test]
     fn nested_distribution_ratio_and_sum() {
@@ -454,5 +497,74 @@ mod tests {
     fn selection_rules() {
         // Equal accuracy: the smaller k wins; 0-based index 1 means 2 channels.
         assert_eq!(select_truncation(&[0.5, 0.9, 0.9, 0.7]).0, 2);
+        assert_eq!(multistep(0.1, &[2, 4], 1), 0.1);
+        assert!((multistep(0.1, &[2, 4], 2) - 0.01).abs() < 1e-15 && (multistep(0.1, &[2, 4], 5) - 0.001).abs() < 1e-15);
+    }
+
+    /// Stage 2's core: net 0 trains on the small-loss pick that net 1 made from *its* half, and
+    /// vice versa. With one-hot inputs, sample j reaches only column j of the first layer, so the
+    /// columns a step changed name the samples that network trained on. Training each network on
+    /// its own pick would change columns of its own half, disjoint from the peer's pick.
+    #[test]
+    fn stage2_trains_each_network_on_its_peers_pick() {
+        let n = 8;
+        let y = Tensor::arange(n, (Kind::Int64, Device::Cpu)).remainder(3);
+        let split = || Split { x: Tensor::eye(n, (Kind::Float, Device::Cpu)), y: y.shallow_clone(), y_true: y.shallow_clone(), domain: Tensor::zeros([n], (Kind::Int64, Device::Cpu)) };
+        let data = Data {
+            train: split(),
+            val: Some(split()),
+            test: split(),
+            classes: 3,
+            sample_shape: vec![n],
+            image_shape: vec![n],
+            augment: Default::default(),
+            realised_noise_rate: 0.0,
+            bags: None,
+        };
+        let cfg = Config {
+            features: vec![16, 6],
+            method: Method::NestedCoteaching,
+            batch_size: 8,
+            finetune_epochs: 1,
+            finetune_lr: 0.5,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            forget_rate: 0.5,
+            nested_sigma: 1e6,
+            ..Config::default()
+        };
+        let nets: Vec<Net> = [1i64, 2].iter().map(|&s| {
+            tch::manual_seed(s);
+            Net::new(n, &cfg.features, 3, Device::Cpu)
+        }).collect();
+        let dir = std::env::temp_dir().join(format!("reglab-nested-peer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ctx = RunCtx::new(&dir, "t", 0, Device::Cpu, crate::context::ProgressMode::Quiet, &dir).unwrap();
+        // The batch finetune will draw (its first use of the run's rng), and the ranking K (the
+        // epoch-0 evaluation of the pair; one channel would mean all).
+        let idx = data.train.batches(cfg.batch_size, &mut ctx.rng().clone()).remove(0);
+        let halves = [idx.narrow(0, 0, 4), idx.narrow(0, 4, 4)];
+        let refs: Vec<&Net> = nets.iter().collect();
+        let k = select_truncation(&Net::truncation_accuracies(&refs, &data.val.as_ref().unwrap().x, &y)).0;
+        let k = if k <= 1 { 6 } else { k };
+        let picks: Vec<Vec<i64>> = nets.iter().zip(&halves).map(|(net, h)| {
+            let x = data.train.x.index_select(0, h);
+            let l = tch::no_grad(|| net.logits(&x, Some(k), 0.0, false).cross_entropy_loss::<Tensor>(&y.index_select(0, h), None, tch::Reduction::None, -100, 0.0));
+            Vec::<i64>::try_from(h.index_select(0, &small_loss(&l, kept(4, 0.5)))).unwrap()
+        }).collect();
+        let first_layer = |net: &Net| net.vs.variables()["features.layer0.weight"].detach().copy();
+        let before: Vec<Tensor> = nets.iter().map(first_layer).collect();
+        let mut sel = Selection { best_val: f64::NEG_INFINITY, ..Default::default() };
+        NestedCoteaching::finetune(&cfg, &data, &nets, &mut ctx, &mut sel).unwrap();
+        let _ = ctx.finish();
+        let _ = std::fs::remove_dir_all(&dir);
+        let own: Vec<Vec<i64>> = halves.iter().map(|h| Vec::<i64>::try_from(h).unwrap()).collect();
+        for i in 0..2 {
+            let moved = (first_layer(&nets[i]) - &before[i]).abs().amax([0].as_slice(), false);
+            let changed: Vec<i64> = (0..n).filter(|&j| moved.double_value(&[j]) > 0.0).collect();
+            assert!(!changed.is_empty(), "net {i} did not train");
+            assert!(changed.iter().all(|j| picks[1 - i].contains(j)), "net {i} trained on {changed:?}, its peer picked {:?}", picks[1 - i]);
+            assert!(changed.iter().all(|j| !own[i].contains(j)), "net {i} trained on its own half {:?}", own[i]);
+        }
     }
 }

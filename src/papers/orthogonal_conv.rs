@@ -132,13 +132,13 @@ impl OrthCnn {
             .iter()
             .enumerate()
             .map(|(i, &(cin, cout, s))| {
-                let bound = 1.0 / ((cin * 9) as f64).sqrt();
-                let w = vs.var(&format!("conv{i}_w"), &[cout, cin, 3, 3], nn::Init::Uniform { lo: -bound, up: bound });
-                let b = vs.var(&format!("conv{i}_b"), &[cout], nn::Init::Uniform { lo: -bound, up: bound });
+                let init = crate::models::init::torch_default(cin * 9);
+                let w = vs.var(&format!("conv{i}_w"), &[cout, cin, 3, 3], init);
+                let b = vs.var(&format!("conv{i}_b"), &[cout], init);
                 (w, b, s)
             })
             .collect();
-        OrthCnn { kernels, fc: nn::linear(vs / "fc", 32, classes, Default::default()), padding: if circular { Padding::Circular } else { Padding::Zeros } }
+        OrthCnn { kernels, fc: crate::models::init::linear(vs / "fc", 32, classes, true), padding: if circular { Padding::Circular } else { Padding::Zeros } }
     }
 
     fn penalty(&self) -> Tensor {

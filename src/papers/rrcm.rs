@@ -143,7 +143,7 @@ fn time_embedding(sigma: f64, device: tch::Device) -> Tensor {
 
 impl Encoder {
     fn new(vs: &nn::Path, input: i64, classes: i64, use_time: bool) -> Self {
-        let lin = |name: &str, a: i64, b: i64| nn::linear(vs / name, a, b, Default::default());
+        let lin = |name: &str, a: i64, b: i64| crate::models::init::linear(vs / name, a, b, true);
         Encoder {
             l1: lin("l1", input, 256),
             time: lin("time", 32, 256),

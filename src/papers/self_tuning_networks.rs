@@ -271,10 +271,9 @@ impl StnMlp {
 
 /// The baseline: a plain ReLU MLP with PyTorch 0.4's linear init U(±1/√fan_in) for weights and biases.
 ///
-/// Why not `crate::models::Mlp` plus dropout: that MLP uses tch's default `LinearConfig`, whose weight
-/// init is Kaiming-uniform with the ReLU gain, U(±√6/√fan_in) — √6 ≈ 2.45 times wider than the official
-/// `nn.Linear` init (only its bias init, U(±1/√fan_in), agrees). The baseline must start like the STN's
-/// elementary path (U(±1/√fan_in) for W_e and b_e), so it keeps its own layers with that init.
+/// Why not `crate::models::Mlp` plus dropout: dropout acts on the input and on every hidden layer
+/// here, and the baseline must start like the STN's elementary path (U(±1/√fan_in) for W_e and b_e,
+/// `crate::models::init`), so it keeps its own layers.
 #[derive(Debug)]
 pub struct PlainMlp {
     layers: Vec<nn::Linear>,
@@ -286,9 +285,7 @@ impl PlainMlp {
             .windows(2)
             .enumerate()
             .map(|(i, w)| {
-                let bound = 1.0 / (w[0] as f64).sqrt();
-                let init = nn::Init::Uniform { lo: -bound, up: bound };
-                nn::linear(p / format!("layer{i}"), w[0], w[1], nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
+                crate::models::init::linear(p / format!("layer{i}"), w[0], w[1], true)
             })
             .collect();
         PlainMlp { layers }

@@ -91,6 +91,20 @@ pub fn fit<M: ModuleT + ?Sized>(
     data: &Data,
     cfg: &TrainConfig,
     ctx: &mut RunCtx,
+    loss: impl FnMut(&Tensor, &Batch) -> Result<Tensor>,
+) -> Result<()> {
+    fit_on_inputs(model, vs, data, cfg, ctx, |x| x, loss)
+}
+
+/// `fit`, with `inputs` applied to each augmented batch before the one training-mode forward
+/// (the loss sees those inputs as `Batch::x`).
+fn fit_on_inputs<M: ModuleT + ?Sized>(
+    model: &M,
+    vs: &nn::VarStore,
+    data: &Data,
+    cfg: &TrainConfig,
+    ctx: &mut RunCtx,
+    mut inputs: impl FnMut(Tensor) -> Tensor,
     mut loss: impl FnMut(&Tensor, &Batch) -> Result<Tensor>,
 ) -> Result<()> {
     let mut opt = cfg.optim.build(vs)?;
@@ -102,7 +116,7 @@ pub fn fit<M: ModuleT + ?Sized>(
         let mut total = 0.0;
         for idx in &batches {
             let (x, y) = (data.train.x.index_select(0, idx), data.train.y.index_select(0, idx));
-            let x = data.augment.apply(&x, &data.image_shape, ctx.rng());
+            let x = inputs(data.augment.apply(&x, &data.image_shape, ctx.rng()));
             let logits = model.forward_t(&x, true);
             let l = loss(&logits, &Batch { x: &x, idx, y: &y, epoch })?;
             opt.backward_step(&l);
@@ -134,9 +148,11 @@ pub fn setup(data: &DataConfig, model: &ModelConfig, ctx: &mut RunCtx) -> Result
 }
 
 /// Gaussian noise augmentation (Cohen et al. 2019): cross-entropy on x + σ·N(0, I), a fresh
-/// draw per batch — the base-classifier training of the randomized-smoothing papers.
+/// draw per batch — the base-classifier training of the randomized-smoothing papers. One
+/// training-mode forward per step, on the noisy batch, so BatchNorm's running statistics are those
+/// of noisy inputs only (as in Cohen et al.'s `train.py`).
 pub fn fit_with_gaussian_noise<M: ModuleT + ?Sized>(model: &M, vs: &nn::VarStore, data: &Data, cfg: &TrainConfig, sigma: f64, ctx: &mut RunCtx) -> Result<()> {
-    fit(model, vs, data, cfg, ctx, |_, b| Ok(model.forward_t(&(b.x + b.x.randn_like() * sigma), true).cross_entropy_for_logits(b.y)))
+    fit_on_inputs(model, vs, data, cfg, ctx, |x| &x + x.randn_like() * sigma, |logits, b| Ok(logits.cross_entropy_for_logits(b.y)))
 }
 
 /// Mean cross-entropy of logits against (soft) target distributions [N, C].
