@@ -11,9 +11,15 @@ use tch::{Kind, Tensor};
 pub const S_EPSILON: f64 = 1e-30;
 
 /// s(x) elementwise.
+///
+/// The 1/(1 − x) branch is evaluated on min(x, 0), so it stays finite where it is not selected:
+/// `where` sends a zero gradient into the unselected branch, and 0 · ∞ is NaN. (An earlier
+/// version computed 1/(−x + (1 + 1e−30)); in f64 1 + 1e−30 rounds to 1, so a logit of exactly
+/// 1.0 gave an infinite unselected branch and a NaN gradient, which diverged `make demo`'s
+/// `stablemax_tf90__s1` at step 40. The official order (1 − x) + 1e−30 is kept for x < 0.)
 pub fn s(x: &Tensor) -> Tensor {
     let negative = x.lt(0.0);
-    let neg_branch = (x.neg() + (1.0 + S_EPSILON)).reciprocal();
+    let neg_branch = (x.clamp_max(0.0).neg() + 1.0 + S_EPSILON).reciprocal();
     let pos_branch = x + 1.0;
     pos_branch.where_self(&negative.logical_not(), &neg_branch)
 }
@@ -47,6 +53,21 @@ mod tests {
         let left = (1.0 - v[0]) / h;
         let right = (v[2] - 1.0) / h;
         assert!((left - 1.0).abs() < 1e-6 && (right - 1.0).abs() < 1e-6, "{left} {right}");
+    }
+
+    #[test]
+    fn gradient_is_finite_at_every_logit_including_exactly_one() {
+        // s'(x) = 1 for x ≥ 0: at z = [1, 0.5, −2] with label 0 the gradient of −log p_0 is the
+        // closed form −(1/s(z_0) − s'(z_0)/Σs) for z_0 and s'(z_j)/Σs for j ≠ 0.
+        let z = Tensor::from_slice(&[1.0f64, 0.5, -2.0]).view([1, 3]).set_requires_grad(true);
+        stablemax_ce_per_sample(&z, &Tensor::from_slice(&[0i64])).sum(Kind::Double).backward();
+        let g = vecf(&z.grad());
+        let (s0, s1, s2) = (2.0, 1.5, 1.0 / 3.0);
+        let total = s0 + s1 + s2;
+        let want = [-(1.0 / s0 - 1.0 / total), 1.0 / total, (1.0 / 9.0) / total];
+        for (a, b) in g.iter().zip(want) {
+            assert!((a - b).abs() < 1e-12, "{g:?} vs {want:?}");
+        }
     }
 
     #[test]

@@ -213,4 +213,26 @@ mod tests {
         let m = Vec::<f32>::try_from(margins(&logits, &Tensor::from_slice(&[1i64, 0]))).unwrap();
         assert_eq!(m, vec![2.0, -2.0]);
     }
+
+    #[test]
+    fn margins_above_one_get_their_rank_derivative_divided_by_z() {
+        // Before the tail, g depends on z only through its ranks (the draws come from the Rng, the
+        // assignment from argsort z). Shifting every margin by −100 keeps the ranks and ties, so the
+        // same seed gives the same r, and puts every margin below 1, so no tail applies there. Hence
+        // for z_i > 1: g(z)_i = (g(z − 100)_i + 1e−6)/z_i − 1e−6, and g(z)_i = g(z − 100)_i otherwise.
+        let z: [f64; 10] = [0.3, -2.0, 5.0, 1.5, 0.3, -0.1, 3.0, 0.0, 1.0, 12.0];
+        let shifted: Vec<f64> = z.iter().map(|x| x - 100.0).collect();
+        for seed in [5u64, 6, 7] {
+            let g = ensloss_derivatives(&z, 0.0, &mut Rng::new(seed));
+            let untailed = ensloss_derivatives(&shifted, 0.0, &mut Rng::new(seed));
+            for i in 0..z.len() {
+                let expected = if z[i] > 1.0 { (untailed[i] + 1e-6) / z[i] - 1e-6 } else { untailed[i] };
+                assert!((g[i] - expected).abs() < 1e-14, "seed {seed}, z = {}: {} vs {expected}", z[i], g[i]);
+                if z[i] > 1.0 {
+                    // The tail's own size, r·(1 − 1/z): dropping it would miss by far more than 1e-14.
+                    assert!((untailed[i] - g[i]).abs() > 1e-3, "seed {seed}, z = {}: tail only {}", z[i], untailed[i] - g[i]);
+                }
+            }
+        }
+    }
 }

@@ -352,4 +352,28 @@ mod tests {
         }
         assert!(failures as f64 / 500.0 <= a, "{failures} failures");
     }
+
+    #[test]
+    fn bernstein_shift_and_soft_radius_match_hand_computed_values() {
+        // h = v·√(2 ln(2/a)/n) + 7 ln(2/a)/(3(n − 1)), evaluated by hand (40-digit decimals).
+        // v = 0: only the 7/(3(n − 1)) term, ln(2/a) = ln 20000 = 9.90348755253612…
+        assert!((bernstein_shift(0.0, 1000, 1e-4) - 0.023131268891475775).abs() < 1e-12);
+        // 0.3·√(2·9.9035/1000) = 0.0422212 plus the same 0.0231313.
+        assert!((bernstein_shift(0.3, 1000, 1e-4) - 0.06535244556215258).abs() < 1e-12);
+        // A small n where both terms are large: v = 0.45, n = 50, a = 0.004.
+        assert!((bernstein_shift(0.45, 50, 0.004) - 0.5202957603190994).abs() < 1e-12);
+
+        // The soft candidate's radius, three classes, n = 1000, a = 1e-4: p̲_k = m_k − h_k, p̄_k = m_k + h_k,
+        // A = argmax p̲ = 0 (p̲_0 = 0.562795005551632), B = argmax_{k≠A} p̄ = 2 (p̄_2 = 0.269426171119045,
+        // above class 1's p̄_1 = 0.223131268891476 although m_1 > m_2: B goes by the upper bound, not
+        // the mean), R = (σ/2)(Φ⁻¹(p̲_A) − Φ⁻¹(p̄_B)) with σ = 0.25.
+        let (mean, std): ([f64; 3], [f64; 3]) = ([0.6, 0.2, 0.19], [0.1, 0.0, 0.4]);
+        let (top, r) = candidate_radius(&mean, &std, 1000, 1e-4, 0.25, None, false);
+        assert_eq!(top, 0);
+        assert!((r - 0.0965761000696022).abs() < 1e-9, "{r}");
+        // Class 1 as B would give 0.1149650; a fixed A is honoured.
+        let (top, r1) = candidate_radius(&mean, &std, 1000, 1e-4, 0.25, Some(0), false);
+        assert_eq!(top, 0);
+        assert_eq!(r1, r);
+    }
 }

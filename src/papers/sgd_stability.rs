@@ -231,6 +231,16 @@ fn run_relu(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
     Ok(())
 }
 
+/// One (S)GD step of the diagonal net on the minibatch (xb, yb) of ½·mean(f − y)²:
+/// ∂L/∂β = Xᵀr/B; ∂β/∂u = 2u, ∂β/∂v = −2v.
+fn diagonal_step(u: &mut Tensor, v: &mut Tensor, xb: &Tensor, yb: &Tensor, lr: f64) {
+    let r = xb.mv(&(u.square() - v.square())) - yb;
+    let g_beta = xb.transpose(0, 1).mv(&r) / xb.size()[0] as f64;
+    let (gu, gv) = (&g_beta * &*u * 2.0, &g_beta * &*v * -2.0);
+    *u = &*u - gu * lr;
+    *v = &*v - gv * lr;
+}
+
 fn run_diagonal(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
     let device = ctx.device;
     let opts = (Kind::Double, device);
@@ -250,14 +260,7 @@ fn run_diagonal(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
     let v = Tensor::full([d], cfg.init, opts);
     let loss_of = |u: &Tensor, v: &Tensor| f64::try_from((x.mv(&(u.square() - v.square())) - &y).square().mean(Kind::Double) * 0.5).expect("scalar");
     let mut state = (u, v);
-    let diverged = train_to_interpolation(cfg, ctx, &mut rng, &x, &y, &mut state, |(u, v), xb, yb| {
-        // ∂L/∂β = Xᵀr/B; ∂β/∂u = 2u, ∂β/∂v = −2v.
-        let r = xb.mv(&(u.square() - v.square())) - yb;
-        let g_beta = xb.transpose(0, 1).mv(&r) / xb.size()[0] as f64;
-        let (gu, gv) = (&g_beta * &*u * 2.0, &g_beta * &*v * -2.0);
-        *u = &*u - gu * cfg.lr;
-        *v = &*v - gv * cfg.lr;
-    }, |(u, v)| loss_of(u, v))?;
+    let diverged = train_to_interpolation(cfg, ctx, &mut rng, &x, &y, &mut state, |(u, v), xb, yb| diagonal_step(u, v, xb, yb, cfg.lr), |(u, v)| loss_of(u, v))?;
     let (u, v) = state;
     if !diverged {
         let beta = u.square() - v.square();
@@ -277,8 +280,25 @@ fn run_diagonal(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::ProgressMode;
     use crate::train::second_order::{exact_hessian, hutchinson_trace};
     use tch::Device;
+
+    /// The module's own loop (`train_to_interpolation`) with the module's diagonal-net step
+    /// (`diagonal_step`) from (u0, v0): `batch` = n is GD, 1 is SGD; returns (diverged, u, v).
+    #[allow(clippy::too_many_arguments)]
+    fn run_loop(x: &Tensor, y: &Tensor, u0: &Tensor, v0: &Tensor, lr: f64, batch: i64, max_steps: u64, tol: f64, seed: u64, tag: &str) -> (bool, Tensor, Tensor) {
+        let dir = std::env::temp_dir().join(format!("reglab-sgd-stability-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ctx = RunCtx::new(&dir, tag, 0, Device::Cpu, ProgressMode::Quiet, &dir).unwrap();
+        let cfg = Config { lr, batch, max_steps, tol, ..Config::default() };
+        let mut state = (u0.copy(), v0.copy());
+        let loss = |(u, v): &(Tensor, Tensor)| f64::try_from((x.mv(&(u.square() - v.square())) - y).square().mean(Kind::Double) * 0.5).unwrap();
+        let diverged = train_to_interpolation(&cfg, &mut ctx, &mut Rng::new(seed), x, y, &mut state, |(u, v), xb, yb| diagonal_step(u, v, xb, yb, lr), loss).unwrap();
+        ctx.finish().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        (diverged, state.0, state.1)
+    }
 
     #[test]
     fn gauss_newton_trace_equals_the_hessian_at_interpolation() {
@@ -349,15 +369,67 @@ mod tests {
     }
 
     #[test]
-    fn one_dimensional_sgd_diverges_exactly_past_its_threshold() {
-        // Linearised SGD(B = 1) on curvatures h: E(1 − ηh_i)² ≤ 1 ⇔ η ≤ 2 mean(h)/mean(h²).
-        let h = [0.5f64, 1.0, 4.0];
-        let mean = h.iter().sum::<f64>() / 3.0;
-        let mean_sq = h.iter().map(|x| x * x).sum::<f64>() / 3.0;
-        let threshold = 2.0 * mean / mean_sq;
-        let factor = |eta: f64| h.iter().map(|x| (1.0 - eta * x).powi(2)).sum::<f64>() / 3.0;
-        assert!(factor(threshold * 0.99) < 1.0 && factor(threshold * 1.01) > 1.0);
-        // GD's threshold 2/mean(h) is larger: SGD is the stricter one.
-        assert!(threshold < 2.0 / mean);
+    fn gd_converges_only_to_minima_with_eta_lambda_max_at_most_two() {
+        // A 2-d diagonal net at an exact minimum (u*, v*), n = d = 2 so λ_max(H) < Tr(H) differ.
+        let xv = [[1.0f64, 0.4], [0.2, 0.9]];
+        let (uv, vv) = ([0.8f64, 0.3], [0.2f64, 0.6]);
+        let x = Tensor::from_slice(&[xv[0][0], xv[0][1], xv[1][0], xv[1][1]]).view([2, 2]);
+        let (us, vs) = (Tensor::from_slice(&uv), Tensor::from_slice(&vv));
+        let y = x.mv(&(us.square() - vs.square()));
+        let (trace, top) = curvature(&x, &us, &vs);
+        // Independent closed form: H = JᵀJ/n has the nonzero spectrum of the 2×2 Gram
+        // G_ab = (4/n) Σ_j x_aj x_bj (u_j² + v_j²).
+        let g = |a: usize, b: usize| (0..2).map(|j| 4.0 * xv[a][j] * xv[b][j] * (uv[j] * uv[j] + vv[j] * vv[j])).sum::<f64>() / 2.0;
+        let (t, det) = (g(0, 0) + g(1, 1), g(0, 0) * g(1, 1) - g(0, 1) * g(0, 1));
+        assert!((trace - t).abs() < 1e-12, "{trace} vs {t}");
+        assert!((top - (t + (t * t - 4.0 * det).sqrt()) / 2.0).abs() < 1e-12, "{top}");
+        assert!(0.95 * 2.0 / top > 1.05 * 2.0 / trace, "the case separates GD's bound from SGD's");
+        let loss = |u: &Tensor, v: &Tensor| f64::try_from((x.mv(&(u.square() - v.square())) - &y).square().mean(Kind::Double) * 0.5).unwrap();
+        let u0 = &us + Tensor::from_slice(&[1e-4f64, -1e-4]);
+
+        // η·λ_max = 1.9 < 2: full-batch GD returns to the same minimum (its λ_max moves O(1e-4)),
+        // although that minimum breaks SGD's bound Tr(H) ≤ 2/η.
+        let lr = 0.95 * 2.0 / top;
+        let (diverged, u, v) = run_loop(&x, &y, &u0, &vs, lr, 2, 5000, 1e-24, 0, "gd-below");
+        assert!(!diverged && loss(&u, &v) < 1e-20, "η below 2/λ_max must converge: {}", loss(&u, &v));
+        let (trace_end, top_end) = curvature(&x, &u, &v);
+        assert!((top_end - top).abs() < 1e-3 * top, "stayed at the minimum: {top_end} vs {top}");
+        assert!(trace_end * lr / 2.0 > 1.1, "{trace_end}");
+
+        // η·λ_max = 2.1 > 2: the minimum is linearly unstable, the 1e-4 perturbation grows and GD
+        // can only settle at another minimum with λ_max ≤ 2/η (here a flatter one, ≈ 1.707).
+        let lr = 1.05 * 2.0 / top;
+        let (diverged, u, v) = run_loop(&x, &y, &u0, &vs, lr, 2, 5000, 1e-24, 0, "gd-above");
+        assert!(!diverged && loss(&u, &v) < 1e-20, "{}", loss(&u, &v));
+        let (_, top_end) = curvature(&x, &u, &v);
+        assert!(top_end * lr / 2.0 <= 1.0, "GD converged to a minimum with η·λ_max/2 = {}", top_end * lr / 2.0);
+        assert!(top_end < 0.97 * top, "left the sharp minimum: {top_end} vs {top}");
+    }
+
+    #[test]
+    fn sgd_batch_one_multiplies_the_error_by_one_minus_eta_tr_h_i_of_each_drawn_sample() {
+        // d = 1: near the minimum the per-sample Hessian H_i = ∇f_i∇f_iᵀ has the single nonzero
+        // eigenvalue Tr(H_i) = 4x_i²(u² + v²), and an SGD step on sample i maps the error
+        // e = β − β* to (1 − η Tr(H_i))·e + O(e²). The loop's draws are replayed from the same Rng.
+        let xs = [0.5f64, 1.3, 1.7];
+        let x = Tensor::from_slice(&xs).view([3, 1]);
+        let (us, vs) = (Tensor::from_slice(&[0.6f64]), Tensor::from_slice(&[0.3f64]));
+        let y = x.mv(&(us.square() - vs.square()));
+        let beta = |u: &Tensor, v: &Tensor| f64::try_from(u.square() - v.square()).unwrap();
+        let beta_star = beta(&us, &vs);
+        let h: Vec<f64> = (0..3).map(|i| curvature(&x.narrow(0, i, 1), &us, &vs).0).collect();
+        for (hi, xi) in h.iter().zip(xs) {
+            assert!((hi - 4.0 * xi * xi * (0.36 + 0.09)).abs() < 1e-12, "{hi}");
+        }
+        // η = 0.5: multipliers 0.775, −0.521, −1.601, so one sample alone would blow up.
+        let (lr, steps, seed) = (0.5, 20u64, 11u64);
+        let u0 = Tensor::from_slice(&[0.6f64 + 1e-7]);
+        let e0 = beta(&u0, &vs) - beta_star;
+        let (diverged, u, v) = run_loop(&x, &y, &u0, &vs, lr, 1, steps, 0.0, seed, "sgd");
+        assert!(!diverged);
+        let mut rng = Rng::new(seed);
+        let predicted: f64 = (0..steps).map(|_| 1.0 - lr * h[rng.below(3) as usize]).product();
+        let ratio = (beta(&u, &v) - beta_star) / e0;
+        assert!((ratio / predicted - 1.0).abs() < 1e-4, "e_T/e_0 = {ratio}, Π(1 − η Tr H_i) = {predicted}");
     }
 }

@@ -9,6 +9,13 @@
 //!
 //! RECONSTRUCTION, NOT THE PAPER'S FORMULA: no official code exists and the paper's Sec. III (the
 //! exact f) could not be read here (only the abstract, which states the two properties above).
+//! Searched again for this revision: the stored full-text copies of arXiv 2306.16993 serve only
+//! the title and abstract, the authors' PDF (rinorcakaj.github.io, `files/WC_IJCNN_2023.pdf`) is
+//! stored as binary and unreadable, and no repository implements it (PapersWithCode lists none).
+//! So the claims test only what the stand-in does not guarantee: the bound |W| < β and the
+//! expansion near 0 (slope α > 1) hold by construction and are checks; the near-zero effect is
+//! compared against a baseline at twice the learning rate (α = 2 also doubles the step a small
+//! weight takes), and accuracy against both baselines.
 //! f is therefore a named option: `form: tanh` (the note's candidate A, f(v) = β·tanh(αv/β),
 //! slope α > 1 at 0 expands small weights, |f| < β) or `form: mu_law` (candidate B, f(v) =
 //! sign(v)·β·ln(1 + α|v|/β)/ln(1 + α)). Project choices, also unverified: β = `beta_scale` × the
