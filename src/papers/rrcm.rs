@@ -174,6 +174,19 @@ impl Encoder {
     }
 }
 
+/// The rRCM pretraining loss of one batch with one shared noise ε (views xa, xa′ and the clean
+/// x, all on the [−1, 1] scale): L_con = InfoNCE(f(xa + σmin ε)[0], sg f_ema(xa′ + σmin ε)[0]) +
+/// L_cons = InfoNCE(f(x + σ_i ε)[1], sg f(x + σ_{i+1} ε)[1]). The contrastive target runs the EMA
+/// network under no_grad; the consistency target is the online network's output, detached.
+#[allow(clippy::too_many_arguments)]
+fn pretrain_loss(enc: &Encoder, target: &Encoder, xa: &Tensor, xa2: &Tensor, xm: &Tensor, eps: &Tensor, smin: f64, s_i: f64, s_next: f64, tau: f64) -> Tensor {
+    let q = enc.head(&(xa + eps * smin), smin, 0);
+    let k = tch::no_grad(|| target.head(&(xa2 + eps * smin), smin, 0));
+    let u = enc.head(&(xm + eps * s_i), s_i, 1);
+    let v = enc.head(&(xm + eps * s_next), s_next, 1).detach();
+    info_nce(&q, &k, tau) + info_nce(&u, &v, tau)
+}
+
 fn ema_update(target: &mut nn::VarStore, online: &nn::VarStore, m: f64) {
     let src = online.variables();
     tch::no_grad(|| {
@@ -243,12 +256,8 @@ impl super::Paper for Rrcm {
                 let eps = x.randn_like();
                 let i = rng.below(cfg.levels as u64 - 1) as usize;
                 let smin = *levels.last().expect("levels");
-                let q = enc.head(&(&xa + &eps * smin), smin, 0);
-                let k = tch::no_grad(|| target.head(&(&xa2 + &eps * smin), smin, 0));
                 let xm = to_model(&x);
-                let u = enc.head(&(&xm + &eps * levels[i]), levels[i], 1);
-                let v = enc.head(&(&xm + &eps * levels[i + 1]), levels[i + 1], 1).detach();
-                let loss = info_nce(&q, &k, cfg.tau) + info_nce(&u, &v, cfg.tau);
+                let loss = pretrain_loss(&enc, &target, &xa, &xa2, &xm, &eps, smin, levels[i], levels[i + 1], cfg.tau);
                 opt.backward_step(&loss);
                 ema_update(&mut target_vs, &vs, cfg.ema);
                 if step % 100 == 0 || step == cfg.pretrain_steps {
@@ -322,20 +331,64 @@ mod tests {
     }
 
     #[test]
-    fn stop_gradient_by_detach_equals_no_grad() {
+    fn pretraining_loss_stops_the_gradient_at_both_targets() {
         tch::manual_seed(1);
         let vs = nn::VarStore::new(Device::Cpu);
         let enc = Encoder::new(&vs.root(), 6, 3, true);
-        let x = Tensor::randn([5, 6], (Kind::Float, Device::Cpu));
-        let grads = |detach: bool| {
-            vs.variables().values().for_each(|t| { let mut g = t.grad(); if g.defined() { let _ = g.zero_(); } });
-            let u = enc.head(&(&x * 1.0), 0.8, 1);
-            let v = if detach { enc.head(&(&x * 1.0), 0.4, 1).detach() } else { tch::no_grad(|| enc.head(&(&x * 1.0), 0.4, 1)) };
-            info_nce(&u, &v, 0.2).backward();
-            vs.variables()["l1.weight"].grad().copy()
+        // An EMA target with other weights than the online net, so that using it for the
+        // consistency target (instead of the online net) would change the loss.
+        let tvs = nn::VarStore::new(Device::Cpu);
+        let target = Encoder::new(&tvs.root(), 6, 3, true);
+        let r = || Tensor::randn([5, 6], (Kind::Float, Device::Cpu));
+        let (xa, xa2, xm, eps) = (r(), r(), r(), r());
+        let (smin, s_i, s_next, tau) = (0.02, 0.8, 0.4, 0.2);
+        let mut names: Vec<String> = vs.variables().keys().cloned().collect();
+        names.sort();
+        let zero_grads = |store: &nn::VarStore| {
+            for t in store.variables().values() {
+                let mut g = t.grad();
+                if g.defined() {
+                    let _ = g.zero_();
+                }
+            }
         };
-        let (a, b) = (grads(true), grads(false));
-        assert!(f64::try_from((a - b).abs().max()).unwrap() < 1e-7);
+        // All of the online net's parameter gradients of `loss`, flattened in name order.
+        let grads = |loss: Tensor| {
+            zero_grads(&vs);
+            zero_grads(&tvs);
+            loss.backward();
+            let vars = vs.variables();
+            let parts: Vec<Tensor> = names
+                .iter()
+                .map(|n| {
+                    let g = vars[n].grad();
+                    if g.defined() { g.flatten(0, -1).copy() } else { vars[n].zeros_like().flatten(0, -1) }
+                })
+                .collect();
+            Tensor::cat(&parts, 0)
+        };
+        let module = grads(pretrain_loss(&enc, &target, &xa, &xa2, &xm, &eps, smin, s_i, s_next, tau));
+        // The EMA target's parameters get no gradient (its branch ran under no_grad).
+        for (n, t) in tvs.variables() {
+            let g = t.grad();
+            assert!(!g.defined() || f64::try_from(g.abs().max()).unwrap() == 0.0, "EMA target {n} got a gradient");
+        }
+        // Reference by hand: the consistency target from the online net at σ_{i+1}, with and
+        // without the stop-gradient.
+        let reference = |stop: bool| {
+            let q = enc.head(&(&xa + &eps * smin), smin, 0);
+            let k = target.head(&(&xa2 + &eps * smin), smin, 0).detach();
+            let u = enc.head(&(&xm + &eps * s_i), s_i, 1);
+            let v = enc.head(&(&xm + &eps * s_next), s_next, 1);
+            let v = if stop { v.detach() } else { v };
+            info_nce(&q, &k, tau) + info_nce(&u, &v, tau)
+        };
+        let (stopped, through) = (grads(reference(true)), grads(reference(false)));
+        let scale = f64::try_from(stopped.abs().max()).unwrap();
+        let diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max()).unwrap();
+        assert!(diff(&module, &stopped) <= 1e-6 * scale.max(1.0), "module's gradient ≠ the stop-gradient reference");
+        // The case is one where the stop-gradient matters: the gradient through v differs.
+        assert!(diff(&through, &stopped) > 1e-3 * scale, "the stop-gradient makes no difference here");
     }
 
     #[test]

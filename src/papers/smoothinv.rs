@@ -91,6 +91,28 @@ pub fn stamp(x: &Tensor, mask: &Tensor) -> Tensor {
     x * (mask.neg() + 1.0) + mask
 }
 
+/// The learning rate at (0-based) step `step`: StepLR(300, ×0.5) stepped once per iteration.
+pub fn lr_at(step: u64, lr0: f64) -> f64 {
+    lr0 * 0.5f64.powi((step / 300) as i32)
+}
+
+/// One optimiser step on δ (one image, so the gradient's L2 norm is the per-sample one), given
+/// the loss gradient: the gradient divided by its L2 norm (zero if the norm is zero; the momentum
+/// still moves δ), SGD momentum 0.9 without dampening or Nesterov (the buffer starts at zero, so
+/// the first buffer is the normalised gradient itself), a descent step δ − lr·buf, then x + δ
+/// clipped to [0, 1] and δ renormed to ‖δ‖₂ ≤ ε. Returns (δ, the new momentum buffer).
+pub fn update(delta: &Tensor, velocity: &Tensor, grad: &Tensor, lr: f64, x: &Tensor, eps: f64) -> (Tensor, Tensor) {
+    let norm = f64::try_from(grad.norm()).unwrap_or(0.0);
+    let grad = if norm > 0.0 { grad / norm } else { grad.zeros_like() };
+    let velocity = velocity * 0.9 + grad;
+    let stepped = delta.detach() - &velocity * lr;
+    // x + δ in [0, 1], then ‖δ‖₂ ≤ ε.
+    let clipped = (x + stepped).clamp(0.0, 1.0) - x;
+    let n = f64::try_from(clipped.norm()).unwrap_or(0.0);
+    let delta = if n > eps { clipped * (eps / n) } else { clipped };
+    (delta, velocity)
+}
+
 /// SmoothInv's synthesis from one image x [1, D]; σ = 0 is a plain targeted perturbation.
 pub fn invert(model: &dyn ModuleT, x: &Tensor, target: i64, sigma: f64, cfg: &Config) -> Tensor {
     let lr0 = 0.5 * cfg.eps / 10.0;
@@ -98,21 +120,14 @@ pub fn invert(model: &dyn ModuleT, x: &Tensor, target: i64, sigma: f64, cfg: &Co
     let mut velocity = x.zeros_like();
     let copies = if sigma > 0.0 { cfg.noise_samples } else { 1 };
     for step in 0..cfg.steps {
-        let lr = lr0 * 0.5f64.powi((step / 300) as i32);
+        let lr = lr_at(step, lr0);
         let d = delta.detach().set_requires_grad(true);
         let xs = (x + &d).expand([copies, x.size()[1]].as_slice(), false);
         let noisy = if sigma > 0.0 { &xs + xs.randn_like() * sigma } else { xs };
         let g = model.forward_t(&noisy, false).softmax(-1, Kind::Float).mean_dim(0, false, Kind::Float);
         let loss = -g.get(target).clamp_min(1e-20).log();
         let grad = Tensor::run_backward(&[&loss], &[&d], false, false).remove(0);
-        let norm = f64::try_from(grad.norm()).unwrap_or(0.0);
-        let grad = if norm > 0.0 { grad / norm } else { grad.zeros_like() };
-        velocity = velocity * 0.9 + grad;
-        let stepped = delta.detach() - &velocity * lr;
-        // x + δ in [0, 1], then ‖δ‖₂ ≤ ε.
-        let clipped = (x + stepped).clamp(0.0, 1.0) - x;
-        let n = f64::try_from(clipped.norm()).unwrap_or(0.0);
-        delta = if n > cfg.eps { clipped * (cfg.eps / n) } else { clipped };
+        (delta, velocity) = update(&delta, &velocity, &grad, lr, x, cfg.eps);
     }
     delta.detach()
 }
@@ -221,6 +236,107 @@ mod tests {
             let (r, c) = (i / 8, i % 8);
             let inside = (6..8).contains(&r) && (6..8).contains(&c);
             assert_eq!(*val, if inside { 1.0 } else { 0.3 }, "pixel ({r},{c})");
+        }
+    }
+
+    fn row(v: &[f32]) -> Tensor {
+        Tensor::from_slice(v).unsqueeze(0)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+        f64::try_from((a - b).abs().max()).unwrap()
+    }
+
+    #[test]
+    fn step_lr_halves_every_300_steps() {
+        let lr0 = 0.15;
+        assert_eq!(lr_at(0, lr0), lr0);
+        assert_eq!(lr_at(299, lr0), lr0);
+        assert_eq!(lr_at(300, lr0), lr0 / 2.0);
+        assert_eq!(lr_at(599, lr0), lr0 / 2.0);
+        assert_eq!(lr_at(600, lr0), lr0 / 4.0);
+    }
+
+    #[test]
+    fn update_divides_the_gradient_by_its_l2_norm_and_descends() {
+        let x = row(&[0.5; 4]);
+        let zero = x.zeros_like();
+        let lr = 0.1;
+        // Any positive multiple of e₁ gives the same step, −lr·e₁ (descent on the loss).
+        for k in [1e-3f32, 1.0, 1e3] {
+            let (d, buf) = update(&zero, &zero, &row(&[k, 0.0, 0.0, 0.0]), lr, &x, 10.0);
+            assert!(max_diff(&d, &row(&[-0.1, 0.0, 0.0, 0.0])) < 1e-6, "k = {k}: {d:?}");
+            // The first momentum buffer is the normalised gradient itself.
+            assert!(max_diff(&buf, &row(&[1.0, 0.0, 0.0, 0.0])) < 1e-6, "k = {k}");
+        }
+        // L2 (not sign / L∞ or L1) normalisation: (3, 4) → (0.6, 0.8).
+        let (d, _) = update(&zero, &zero, &row(&[3.0, 4.0, 0.0, 0.0]), lr, &x, 10.0);
+        assert!(max_diff(&d, &row(&[-0.06, -0.08, 0.0, 0.0])) < 1e-6, "{d:?}");
+    }
+
+    #[test]
+    fn update_momentum_is_0_9_without_dampening_and_a_zero_gradient_still_moves() {
+        let x = row(&[0.5; 4]);
+        let zero = x.zeros_like();
+        let lr = 0.1;
+        let (e1, e2) = (row(&[1.0, 0.0, 0.0, 0.0]), row(&[0.0, 1.0, 0.0, 0.0]));
+        let (d1, b1) = update(&zero, &zero, &e1, lr, &x, 10.0);
+        // e₁ then e₂: buf₂ = 0.9·e₁ + e₂, δ₂ = −lr·(e₁ + 0.9·e₁ + e₂) = −lr·(1.9·e₁ + e₂).
+        let (d2, b2) = update(&d1, &b1, &e2, lr, &x, 10.0);
+        assert!(max_diff(&b2, &row(&[0.9, 1.0, 0.0, 0.0])) < 1e-6, "{b2:?}");
+        assert!(max_diff(&d2, &row(&[-0.19, -0.1, 0.0, 0.0])) < 1e-6, "{d2:?}");
+        // A zero gradient (norm 0: the normalised gradient is 0, not NaN) after e₁: δ moves by
+        // −0.9·lr·e₁ more.
+        let (d3, b3) = update(&d1, &b1, &zero, lr, &x, 10.0);
+        assert!(max_diff(&b3, &row(&[0.9, 0.0, 0.0, 0.0])) < 1e-6, "{b3:?}");
+        assert!(max_diff(&d3, &row(&[-0.19, 0.0, 0.0, 0.0])) < 1e-6, "{d3:?}");
+    }
+
+    #[test]
+    fn update_clips_x_plus_delta_to_the_box_then_renorms_to_the_ball() {
+        let x = row(&[0.9, 0.5, 0.5, 0.5]);
+        let zero = x.zeros_like();
+        // Box only: a step of +0.5·e₁ from x₁ = 0.9 is clipped at 1, δ₁ = 0.1; the buffer is not
+        // projected.
+        let (d, buf) = update(&zero, &zero, &row(&[-1.0, 0.0, 0.0, 0.0]), 0.5, &x, 10.0);
+        assert!(max_diff(&d, &row(&[0.1, 0.0, 0.0, 0.0])) < 1e-6, "{d:?}");
+        assert!(max_diff(&buf, &row(&[-1.0, 0.0, 0.0, 0.0])) < 1e-6);
+        // Ball only: a step of 0.4·e₁ from x₁ = 0.5 stays in the box and is renormed to ε = 0.3.
+        let (d, _) = update(&zero, &zero, &row(&[0.0, -1.0, 0.0, 0.0]), 0.4, &x, 0.3);
+        assert!(max_diff(&d, &row(&[0.0, 0.3, 0.0, 0.0])) < 1e-6, "{d:?}");
+        // Both, in that order: the step (e₁ + e₂)/√2 takes x + δ to (1.61, 1.21), clipped to
+        // (1, 1), so δ = (0.1, 0.5), then scaled to ε = 0.3. (Ball first, then box, would give
+        // (0.1, 0.212).)
+        let (d, _) = update(&zero, &zero, &row(&[-1.0, -1.0, 0.0, 0.0]), 1.0, &x, 0.3);
+        let s = 0.3 / 0.26f64.sqrt();
+        assert!(max_diff(&d, &row(&[(0.1 * s) as f32, (0.5 * s) as f32, 0.0, 0.0])) < 1e-6, "{d:?}");
+    }
+
+    #[test]
+    fn invert_on_a_two_class_linear_model_follows_the_momentum_sums() {
+        // f(z) = z·W with two classes: every noisy copy's gradient of −log ḡ₁ is a positive
+        // multiple of −(w₁ − w₀), so the normalised gradient is −d̂ with d̂ = (w₁ − w₀)/‖w₁ − w₀‖
+        // at every step. The buffer after k steps is Σ_{j<k} 0.9^j = 10(1 − 0.9^k) and, until the
+        // ball binds, δ_k = lr0·S_k·d̂ with S_k = Σ_{i≤k} 10(1 − 0.9^i) = 10k − 90(1 − 0.9^k):
+        // 1, 2.9, 5.61, 9.049, 13.1441, 17.82969, 23.046721, … With ε = 0.4, lr0 = 0.5·ε/10 = 0.02
+        // and ε/lr0 = 20, so steps 1–6 are free and from step 7 on δ = ε·d̂ (the buffer keeps
+        // pointing along d̂). x = 0.5 and |δ_i| ≤ ε < 0.5: the box never binds; lr is constant
+        // for k < 300.
+        let w = Tensor::from_slice(&[0.3f32, -0.2, -0.1, 0.4, 0.2, 0.2, 0.0, -0.3]).view([4, 2]);
+        let dir = Tensor::from_slice(&[-0.5f32, 0.5, 0.0, -0.3]).unsqueeze(0);
+        let dir = &dir / f64::try_from(dir.norm()).unwrap();
+        let model = nn::func(move |xs| xs.matmul(&w));
+        let x = row(&[0.5; 4]);
+        let (eps, lr0) = (0.4, 0.02);
+        for sigma in [0.0, 0.5] {
+            tch::manual_seed(3);
+            for k in 1..=9u64 {
+                let cfg = Config { steps: k, eps, noise_samples: 8, ..Config::default() };
+                let d = invert(&model, &x, 1, sigma, &cfg);
+                let s = 10.0 * k as f64 - 90.0 * (1.0 - 0.9f64.powi(k as i32));
+                let expected = &dir * (lr0 * s).min(eps);
+                assert!(max_diff(&d, &expected) < 1e-5, "σ = {sigma}, k = {k}: {d:?} vs {expected:?}");
+            }
         }
     }
 
