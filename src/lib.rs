@@ -10,6 +10,7 @@ pub mod fsutil;
 pub mod losses;
 pub mod models;
 pub mod ot;
+pub mod paper;
 pub mod papers;
 pub mod params;
 pub mod provenance;

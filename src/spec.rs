@@ -10,7 +10,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
-use crate::papers::{self, Entry};
+use crate::paper::Entry;
+use crate::papers;
 use crate::params;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -281,7 +281,7 @@ fn check_rho_grid(key: &str, rhos: &[f64]) -> Result<()> {
     Ok(())
 }
 
-impl super::Paper for AggregateResponses {
+impl crate::paper::Paper for AggregateResponses {
     const KEY: &'static str = "aggregate_responses";
     const TITLE: &'static str = "Learning from Aggregate Responses: Instance Level versus Bag Level Loss Functions";
     const ARXIV: &'static str = "2401.11081";
@@ -465,7 +465,7 @@ mod tests {
 
     use super::*;
     use crate::context::ProgressMode;
-    use crate::papers::Paper;
+    use crate::paper::Paper;
     use crate::testutil::f64s;
     use crate::train::lbfgs::{minimize, LbfgsOptions};
 

@@ -537,7 +537,7 @@ fn mean_weight(lambda: &[f64], mask: &[bool], want: bool) -> f64 {
     }
 }
 
-impl super::Paper for BoRep {
+impl crate::paper::Paper for BoRep {
     const KEY: &'static str = "bo_rep";
     const TITLE: &'static str = "Bilevel Optimization under Unbounded Smoothness: A New Algorithm and Convergence Analysis";
     const ARXIV: &'static str = "2401.09587";
@@ -661,7 +661,7 @@ impl super::Paper for BoRep {
 mod tests {
     use super::*;
     use crate::context::ProgressMode;
-    use crate::papers::Paper;
+    use crate::paper::Paper;
     use crate::testutil::f64s;
 
     /// g = ½yᵀAy − yᵀBx, f = ½‖y − c‖² + ½‖x‖², A SPD with eigenvalues in [0.7, 2.5] (Gershgorin).

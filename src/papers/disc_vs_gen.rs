@@ -128,7 +128,7 @@ fn error(pred: &Tensor, y: &Tensor) -> f64 {
     f64::try_from(pred.ne_tensor(y).to_kind(Kind::Double).mean(Kind::Double)).expect("scalar")
 }
 
-impl super::Paper for DiscVsGen {
+impl crate::paper::Paper for DiscVsGen {
     const KEY: &'static str = "disc_vs_gen";
     const TITLE: &'static str = "Revisiting Discriminative vs. Generative Classifiers: Theory and Implications";
     const ARXIV: &'static str = "2302.02334";

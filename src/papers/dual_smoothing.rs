@@ -122,7 +122,7 @@ impl DualSmoothing {
     }
 }
 
-impl super::Paper for DualSmoothing {
+impl crate::paper::Paper for DualSmoothing {
     const KEY: &'static str = "dual_smoothing";
     const TITLE: &'static str = "Mitigating the Curse of Dimensionality for Certified Robustness via Dual Randomized Smoothing";
     const ARXIV: &'static str = "2404.09586";

@@ -121,7 +121,7 @@ pub fn gce(logits: &Tensor, y: &Tensor, q: f64) -> Tensor {
     ((p_y.pow_tensor_scalar(q).neg() + 1.0) / q).mean(Kind::Float)
 }
 
-impl super::Paper for Elr {
+impl crate::paper::Paper for Elr {
     const KEY: &'static str = "elr";
     const TITLE: &'static str = "Early-Learning Regularization Prevents Memorization of Noisy Labels";
     const ARXIV: &'static str = "2007.00151";

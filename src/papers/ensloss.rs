@@ -134,7 +134,7 @@ fn margins(logits: &Tensor, y01: &Tensor) -> Tensor {
     f * y
 }
 
-impl super::Paper for EnsLoss {
+impl crate::paper::Paper for EnsLoss {
     const KEY: &'static str = "ensloss";
     const TITLE: &'static str = "EnsLoss: Stochastic Calibrated Loss Ensembles for Preventing Overfitting in Classification";
     const ARXIV: &'static str = "2409.00908";

@@ -285,7 +285,7 @@ fn early_epochs(until: u64, points: u32) -> BTreeSet<u64> {
     (0..=points).map(|k| (until as f64).powf(k as f64 / points as f64).round() as u64).collect()
 }
 
-impl super::Paper for GrokkingLazyRich {
+impl crate::paper::Paper for GrokkingLazyRich {
     const KEY: &'static str = "grokking_lazy_rich";
     const TITLE: &'static str = "Grokking as the Transition from Lazy to Rich Training Dynamics";
     const ARXIV: &'static str = "2310.06110";
@@ -449,7 +449,7 @@ impl super::Paper for GrokkingLazyRich {
 mod tests {
     use super::*;
     use crate::context::ProgressMode;
-    use crate::papers::Paper;
+    use crate::paper::Paper;
     use crate::testutil::f64s;
 
     const CPU: (Kind, Device) = (Kind::Double, Device::Cpu);

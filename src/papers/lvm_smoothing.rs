@@ -201,7 +201,7 @@ impl LvmSmoothing {
     }
 }
 
-impl super::Paper for LvmSmoothing {
+impl crate::paper::Paper for LvmSmoothing {
     const KEY: &'static str = "lvm_smoothing";
     const TITLE: &'static str = "The Lipschitz-Variance-Margin Tradeoff for Enhanced Randomized Smoothing";
     const ARXIV: &'static str = "2309.16883";

@@ -392,7 +392,7 @@ impl NestedCoteaching {
     }
 }
 
-impl super::Paper for NestedCoteaching {
+impl crate::paper::Paper for NestedCoteaching {
     const KEY: &'static str = "nested_coteaching";
     const TITLE: &'static str = "Compressing Features for Learning with Noisy Labels";
     const ARXIV: &'static str = "2206.13140";

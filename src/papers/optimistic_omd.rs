@@ -239,7 +239,7 @@ pub fn play(cfg: &Config, rng: &mut Rng, trace: bool) -> Game {
     Game { regret: loss + norm(&sum_g), dynamic_regret: loss + best_each, sigma2, drift2, hint_error2, iterates }
 }
 
-impl super::Paper for OptimisticOmd {
+impl crate::paper::Paper for OptimisticOmd {
     const KEY: &'static str = "optimistic_omd";
     const TITLE: &'static str = "Optimistic Online Mirror Descent for Bridging Stochastic and Adversarial Online Convex Optimization";
     const ARXIV: &'static str = "2302.04552";

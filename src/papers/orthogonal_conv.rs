@@ -209,7 +209,7 @@ impl OrthogonalConv {
     }
 }
 
-impl super::Paper for OrthogonalConv {
+impl crate::paper::Paper for OrthogonalConv {
     const KEY: &'static str = "orthogonal_conv";
     const TITLE: &'static str = "Existence, Stability and Scalability of Orthogonal Convolutional Neural Networks";
     const ARXIV: &'static str = "2108.05623";
@@ -252,12 +252,12 @@ impl super::Paper for OrthogonalConv {
             let ce = logits.cross_entropy_for_logits(b.y);
             Ok(if lambda > 0.0 { ce + model.penalty() * lambda } else { ce })
         })?;
-        // Spectra of the trained layers on the network's own input sizes.
-        let (h, w) = match cfg.spectrum_size {
-            Some(n) => (n, n),
-            None => (data.image_shape[1], data.image_shape[2]),
-        };
-        let mut size = (h, w);
+        // Spectra of the trained layers, on the network's own input size or a grid that divides it.
+        let image = (data.image_shape[1], data.image_shape[2]);
+        let strides: Vec<i64> = model.kernels.iter().map(|(_, _, s)| *s).collect();
+        let mut size = spectrum_grid(cfg.spectrum_size, image, &strides)?;
+        // The pooling factor is the network's, whatever grid the spectra were taken on.
+        let pooled = strides.iter().fold(image, |(h, w), s| (h / s, w / s));
         let (mut worst_dev, mut lip, mut total_lorth) = (0.0f64, 1.0f64, 0.0f64);
         for (i, (kernel, _, s)) in model.kernels.iter().enumerate() {
             let kd = kernel.detach().to_kind(Kind::Double).to_device(Device::Cpu);
@@ -285,13 +285,32 @@ impl super::Paper for OrthogonalConv {
             Vec::<f64>::try_from(sv)?[0]
         };
         // Global average pooling over h×w positions has L2 operator norm 1/√(hw).
-        lip *= fc_norm / ((size.0 * size.1) as f64).sqrt();
+        lip *= fc_norm / ((pooled.0 * pooled.1) as f64).sqrt();
         ctx.set_final("max_sigma_deviation", worst_dev)?;
         ctx.set_final("l_orth_total", total_lorth)?;
         ctx.set_final("lipschitz_bound", lip)?;
         let pgd = accuracy_under_attack(&model, &data.test.x, &data.test.y, &cfg.pgd);
         ctx.set_final("pgd_l2_acc", pgd)
     }
+}
+
+/// The grid the layer spectra are taken on. A circular layer's singular values on an N′×N′ grid
+/// are those of its polyphase symbol at the (N′/S)² frequencies, a subset of the N×N grid's when
+/// N′ divides N and every stride divides the running size; any other N′ gives a different
+/// operator (and, before this was checked, a pooling factor from the wrong grid).
+fn spectrum_grid(spectrum_size: Option<i64>, image: (i64, i64), strides: &[i64]) -> Result<(i64, i64)> {
+    let Some(n) = spectrum_size else { return Ok(image) };
+    let total: i64 = strides.iter().product();
+    if n < 1 || image.0 % n != 0 || image.1 % n != 0 || n % total != 0 {
+        bail!(
+            "`spectrum_size` {n} must divide the image side ({}×{}) and be divisible by the strides' product {total}, \
+             so that its spectrum is a subset of the layer's own; e.g. {} (or null for the image's own size)",
+            image.0,
+            image.1,
+            (1..=image.0).rev().find(|d| image.0 % d == 0 && image.1 % d == 0 && d % total == 0 && *d < image.0).unwrap_or(image.0)
+        );
+    }
+    Ok((n, n))
 }
 
 #[cfg(test)]
@@ -304,6 +323,31 @@ mod tests {
             let _ = kernel.get(i).get(i).get(k / 2).get(k / 2).fill_(1.0);
         }
         kernel
+    }
+
+    #[test]
+    fn spectrum_grid_must_divide_the_image_and_respect_the_strides() {
+        assert_eq!(spectrum_grid(None, (28, 28), &[1, 1, 2]).unwrap(), (28, 28));
+        assert_eq!(spectrum_grid(Some(14), (28, 28), &[1, 1, 2]).unwrap(), (14, 14));
+        let err = spectrum_grid(Some(8), (28, 28), &[1, 1, 2]).unwrap_err().to_string();
+        assert!(err.contains("must divide") && err.contains("e.g. 14"), "{err}");
+        assert!(spectrum_grid(Some(7), (28, 28), &[1, 1, 2]).is_err(), "7 is odd: the stride-2 layer cannot subsample it");
+    }
+
+    /// On a grid that divides the image, a circular layer's singular values (stride 1 and 2) are a
+    /// subset of the full grid's: the reason `spectrum_size` is allowed at all.
+    #[test]
+    fn a_dividing_grid_gives_a_subset_of_the_spectrum() {
+        tch::manual_seed(3);
+        for s in [1i64, 2] {
+            let k = Tensor::randn([4, 2, 3, 3], (Kind::Double, Device::Cpu));
+            let full = Vec::<f64>::try_from(dense_matrix(&k, 2, 8, 8, s, Padding::Circular).svd(true, false).1).unwrap();
+            let small = Vec::<f64>::try_from(dense_matrix(&k, 2, 4, 4, s, Padding::Circular).svd(true, false).1).unwrap();
+            for v in &small {
+                assert!(full.iter().any(|f| (f - v).abs() < 1e-9), "stride {s}: {v} not in the 8×8 spectrum");
+            }
+            assert!(small[0] <= full[0] + 1e-9, "σ_max on the subset ≤ the full one");
+        }
     }
 
     #[test]

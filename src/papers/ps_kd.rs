@@ -110,7 +110,7 @@ impl PastPredictions {
     }
 }
 
-impl super::Paper for PsKd {
+impl crate::paper::Paper for PsKd {
     const KEY: &'static str = "ps_kd";
     const TITLE: &'static str = "Self-Knowledge Distillation with Progressive Refinement of Targets";
     const ARXIV: &'static str = "2006.12000";

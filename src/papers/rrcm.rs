@@ -197,7 +197,7 @@ fn ema_update(target: &mut nn::VarStore, online: &nn::VarStore, m: f64) {
     });
 }
 
-impl super::Paper for Rrcm {
+impl crate::paper::Paper for Rrcm {
     const KEY: &'static str = "rrcm";
     const TITLE: &'static str = "Robust Representation Consistency Model via Contrastive Denoising";
     const ARXIV: &'static str = "2501.13094";

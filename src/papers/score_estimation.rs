@@ -407,7 +407,7 @@ fn argmin(xs: impl Iterator<Item = f64>) -> usize {
     xs.enumerate().fold((0, f64::INFINITY), |(bi, bv), (i, v)| if v < bv { (i, v) } else { (bi, bv) }).0
 }
 
-impl super::Paper for ScoreEstimation {
+impl crate::paper::Paper for ScoreEstimation {
     const KEY: &'static str = "score_estimation";
     const TITLE: &'static str = "Neural Network-Based Score Estimation in Diffusion Models: Optimization and Generalization";
     const ARXIV: &'static str = "2401.15604";
@@ -559,7 +559,7 @@ impl super::Paper for ScoreEstimation {
 mod tests {
     use super::*;
     use crate::context::ProgressMode;
-    use crate::papers::Paper;
+    use crate::paper::Paper;
     use crate::testutil::f64s;
 
     fn max_abs(t: &Tensor) -> f64 {

@@ -606,7 +606,7 @@ pub fn run_on(cfg: &Config, data: &Data, ctx: &mut RunCtx) -> Result<()> {
     }
 }
 
-impl super::Paper for SelfTuningNetworks {
+impl crate::paper::Paper for SelfTuningNetworks {
     const KEY: &'static str = "self_tuning_networks";
     const TITLE: &'static str = "Self-Tuning Networks: Bilevel Optimization of Hyperparameters using Structured Best-Response Functions";
     const ARXIV: &'static str = "1903.03088";

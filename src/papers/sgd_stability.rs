@@ -88,7 +88,7 @@ pub fn curvature(x: &Tensor, u: &Tensor, v: &Tensor) -> (f64, f64) {
     (trace, top)
 }
 
-impl super::Paper for SgdStability {
+impl crate::paper::Paper for SgdStability {
     const KEY: &'static str = "sgd_stability";
     const TITLE: &'static str = "The Implicit Regularization of Dynamical Stability in Stochastic Gradient Descent";
     const ARXIV: &'static str = "2305.17490";

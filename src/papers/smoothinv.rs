@@ -132,7 +132,7 @@ pub fn invert(model: &dyn ModuleT, x: &Tensor, target: i64, sigma: f64, cfg: &Co
     delta.detach()
 }
 
-impl super::Paper for SmoothInv {
+impl crate::paper::Paper for SmoothInv {
     const KEY: &'static str = "smoothinv";
     const TITLE: &'static str = "Single Image Backdoor Inversion via Robust Smoothed Classifiers";
     const ARXIV: &'static str = "2303.00215";

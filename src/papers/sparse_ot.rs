@@ -190,7 +190,7 @@ fn check_problem(a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
     Ok(())
 }
 
-impl super::Paper for SparseOt {
+impl crate::paper::Paper for SparseOt {
     const KEY: &'static str = "sparse_ot";
     const TITLE: &'static str = "Sparsity-Constrained Optimal Transport";
     const ARXIV: &'static str = "2209.15466";

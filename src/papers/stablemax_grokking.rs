@@ -118,7 +118,7 @@ impl StablemaxGrokking {
     }
 }
 
-impl super::Paper for StablemaxGrokking {
+impl crate::paper::Paper for StablemaxGrokking {
     const KEY: &'static str = "stablemax_grokking";
     const TITLE: &'static str = "Grokking at the Edge of Numerical Stability";
     const ARXIV: &'static str = "2501.04697";

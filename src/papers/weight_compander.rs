@@ -173,7 +173,7 @@ impl WcMlp {
     }
 }
 
-impl super::Paper for WeightCompander {
+impl crate::paper::Paper for WeightCompander {
     const KEY: &'static str = "weight_compander";
     const TITLE: &'static str = "Weight Compander: A Simple Weight Reparameterization for Regularization";
     const ARXIV: &'static str = "2306.16993";

@@ -192,7 +192,7 @@ impl ZLoss {
     }
 }
 
-impl super::Paper for ZLoss {
+impl crate::paper::Paper for ZLoss {
     const KEY: &'static str = "z_loss";
     const TITLE: &'static str = "The Z-loss: a shift and scale invariant classification loss belonging to the Spherical Family";
     const ARXIV: &'static str = "1604.08859";
