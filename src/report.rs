@@ -329,6 +329,12 @@ fn group_mean(stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMap<&str, usize
     }
 }
 
+/// `diff > margin`, with ties in floating point counted as ties: two means of the same values
+/// summed in another order differ by ~1e-16, and that must not make a strict "higher" pass.
+fn clears(diff: f64, margin: f64, scale: f64) -> bool {
+    diff > margin + 1e-12 * scale.max(1.0)
+}
+
 fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMap<&str, usize>, points: &[GroupPoint]) -> ClaimResult {
     let m = &claim.metric;
     let note = claim.note.as_ref().map(|n| format!(" — {n}")).unwrap_or_default();
@@ -351,7 +357,7 @@ fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMa
                 ClaimResult {
                     text,
                     measured: format!("{subject} {} vs {than} {} (by {}{})", fmt_num(a.mean), fmt_num(b.mean), fmt_num(diff), spread(diff, se, margin)),
-                    pass: Some(diff > margin),
+                    pass: Some(clears(diff, margin, a.mean.abs().max(b.mean.abs()))),
                     check: claim.check,
                 }
             }
@@ -458,13 +464,14 @@ fn evaluate_trend(
     let listed = values.iter().map(|(l, _, y)| format!("{l}: {}", fmt_num(*y))).collect::<Vec<_>>().join(", ");
     let ys: Vec<f64> = values.iter().map(|v| v.2).collect();
     let margin = claim.margin.unwrap_or(0.0);
+    let scale = ys.iter().fold(0.0f64, |m, y| m.max(y.abs()));
     let (pass, detail) = match trend {
         Trend::Increasing | Trend::Decreasing => {
             let sign = if trend == Trend::Increasing { 1.0 } else { -1.0 };
             let (worst, worst_se) = (1..ys.len())
                 .map(|i| (sign * (ys[i] - ys[i - 1]), se_diff(ses[i], ses[i - 1])))
                 .fold((f64::INFINITY, 0.0), |acc, s| if s.0 < acc.0 { s } else { acc });
-            (worst > margin, format!("smallest {} {}{}", if sign > 0.0 { "rise" } else { "fall" }, fmt_num(worst), spread(worst, worst_se, margin)))
+            (clears(worst, margin, scale), format!("smallest {} {}{}", if sign > 0.0 { "rise" } else { "fall" }, fmt_num(worst), spread(worst, worst_se, margin)))
         }
         Trend::UShaped => {
             let (imin, ymin) = ys.iter().copied().enumerate().fold((0, f64::INFINITY), |acc, (i, y)| if y < acc.1 { (i, y) } else { acc });
@@ -472,7 +479,7 @@ fn evaluate_trend(
             let rise = (ys[0] - ymin).min(ys[last] - ymin);
             let interior = imin > 0 && imin < last;
             let at = &values[imin].0;
-            (interior && rise > margin, format!("minimum at {at}{}, ends above it by ≥ {}", if interior { "" } else { " (an end)" }, fmt_num(rise)))
+            (interior && clears(rise, margin, scale), format!("minimum at {at}{}, ends above it by ≥ {}", if interior { "" } else { " (an end)" }, fmt_num(rise)))
         }
         Trend::Flat => {
             let (mn, mx) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
@@ -625,6 +632,16 @@ mod tests {
         let r = trend("{metric: acc, variant: v, across: n, trend: increasing}", &st4, &pts);
         assert_eq!(r.pass, None);
         assert!(r.measured.contains("no run yet"), "{}", r.measured);
+    }
+
+    #[test]
+    fn a_tie_in_floating_point_is_a_tie() {
+        // Means that differ only by rounding (the same seeds' values summed in another order).
+        let st = stats_of(&[("a", &[0.6566666666666667], &[]), ("b", &[0.6566666666666666], &[])]);
+        assert!(0.6566666666666667f64 - 0.6566666666666666 > 0.0);
+        assert_eq!(evaluate(&claim("{metric: acc, higher: a, than: b}"), &st).pass, Some(false));
+        let st = stats_of(&[("a", &[0.6567], &[]), ("b", &[0.6566], &[])]);
+        assert_eq!(evaluate(&claim("{metric: acc, higher: a, than: b}"), &st).pass, Some(true));
     }
 
     #[test]

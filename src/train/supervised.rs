@@ -159,3 +159,61 @@ pub fn fit_with_gaussian_noise<M: ModuleT + ?Sized>(model: &M, vs: &nn::VarStore
 pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Tensor {
     -(targets * logits.log_softmax(-1, Kind::Float)).sum_dim_intlist([-1].as_slice(), false, Kind::Float).mean(Kind::Float)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::ProgressMode;
+    use crate::data::block::Split;
+    use std::cell::RefCell;
+    use tch::Device;
+
+    /// A linear model that records the input of every training-mode forward.
+    #[derive(Debug)]
+    struct Recorder {
+        lin: nn::Linear,
+        seen: RefCell<Vec<Tensor>>,
+    }
+
+    impl ModuleT for Recorder {
+        fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+            if train {
+                self.seen.borrow_mut().push(x.detach().copy());
+            }
+            x.apply(&self.lin)
+        }
+    }
+
+    /// One training-mode forward per step, on x + σ·N(0, I) only: a clean forward beside it (the
+    /// old code) would show up as a second call whose input is the clean batch (here all zeros),
+    /// and would mix clean statistics into BatchNorm's running means.
+    #[test]
+    fn gaussian_noise_training_runs_one_forward_on_the_noisy_batch() {
+        let (n, d, sigma) = (256i64, 16i64, 0.5);
+        let split = || Split {
+            x: Tensor::zeros([n, d], (Kind::Float, Device::Cpu)),
+            y: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
+            y_true: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
+            domain: Tensor::zeros([n], (Kind::Int64, Device::Cpu)),
+        };
+        let data = Data { train: split(), val: None, test: split(), classes: 2, sample_shape: vec![d], image_shape: vec![d], augment: Default::default(), realised_noise_rate: 0.0, bags: None };
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = Recorder { lin: nn::linear(vs.root(), d, 2, Default::default()), seen: RefCell::new(vec![]) };
+        let cfg = TrainConfig { epochs: 2, batch_size: 128, eval_every: 1, optim: OptimConfig::default() };
+        let dir = std::env::temp_dir().join(format!("reglab-noise-fit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ctx = RunCtx::new(&dir, "t", 0, Device::Cpu, ProgressMode::Quiet, &dir).unwrap();
+        fit_with_gaussian_noise(&model, &vs, &data, &cfg, sigma, &mut ctx).unwrap();
+        let _ = ctx.finish();
+        let _ = std::fs::remove_dir_all(&dir);
+        let seen = model.seen.borrow();
+        assert_eq!(seen.len(), 4, "2 epochs × 2 batches, one training forward each");
+        for x in seen.iter() {
+            let std = f64::try_from(x.std(true)).unwrap();
+            assert!((std - sigma).abs() < 0.05, "a training input's std {std}, not σ = {sigma}");
+        }
+        // A fresh draw per batch.
+        assert!(f64::try_from((&seen[0] - &seen[1]).abs().max()).unwrap() > 0.1);
+    }
+}
