@@ -247,15 +247,16 @@ impl crate::paper::Paper for OrthogonalConv {
         tch::manual_seed(ctx.seed as i64);
         let vs = nn::VarStore::new(ctx.device);
         let model = OrthCnn::new(&vs.root(), data.classes, cfg.circular);
+        // The spectrum grid is checked before training, so a bad `spectrum_size` costs no run.
+        let image = (data.image_shape[1], data.image_shape[2]);
+        let strides: Vec<i64> = model.kernels.iter().map(|(_, _, s)| *s).collect();
+        let mut size = spectrum_grid(cfg.spectrum_size, image, &strides)?;
         let lambda = cfg.lambda;
         fit(&model, &vs, &data, &cfg.train, ctx, |logits, b| {
             let ce = logits.cross_entropy_for_logits(b.y);
             Ok(if lambda > 0.0 { ce + model.penalty() * lambda } else { ce })
         })?;
         // Spectra of the trained layers, on the network's own input size or a grid that divides it.
-        let image = (data.image_shape[1], data.image_shape[2]);
-        let strides: Vec<i64> = model.kernels.iter().map(|(_, _, s)| *s).collect();
-        let mut size = spectrum_grid(cfg.spectrum_size, image, &strides)?;
         // The pooling factor is the network's, whatever grid the spectra were taken on.
         let pooled = strides.iter().fold(image, |(h, w), s| (h / s, w / s));
         let (mut worst_dev, mut lip, mut total_lorth) = (0.0f64, 1.0f64, 0.0f64);
