@@ -12,28 +12,82 @@ use serde_yaml::Value;
 use crate::context::RunCtx;
 use crate::data::DataConfig;
 use crate::params;
+use crate::train::supervised::TrainConfig;
 
 /// What a paper module provides.
 pub trait Paper {
     const KEY: &'static str;
     const TITLE: &'static str;
     const ARXIV: &'static str;
-    type Config: Serialize + DeserializeOwned + Default;
+    type Config: Serialize + DeserializeOwned + Default + Blocks;
 
-    /// Checks that go beyond types (ranges, combinations); the message names the key.
+    /// The paper's own checks, beyond types (ranges, combinations); the message names the key.
+    /// The shared blocks ([`Blocks`]) are checked before this, so it need not repeat them.
     fn check(_config: &Self::Config) -> Result<()> {
         Ok(())
-    }
-
-    /// The shared data block this config reads, if any — checked for presence before any run.
-    fn data(_config: &Self::Config) -> Option<&DataConfig> {
-        None
     }
 
     /// Runs one (variant, sweep point, seed). Logs metrics through `ctx`; the last value of each
     /// logged metric, plus anything given to `ctx.set_final`, is the run's summary.
     fn run(config: &Self::Config, ctx: &mut RunCtx) -> Result<()>;
 }
+
+/// The shared blocks a Config holds. The runner checks them before the paper's own [`Paper::check`]
+/// and fetches the data block before any run, so no paper repeats either. A Config that reads the
+/// `data` block only for some tasks returns it only for those. One without shared blocks writes
+/// `impl Blocks for Config {}`; a classifier paper gets all of it from [`classifier_config!`].
+pub trait Blocks {
+    /// The `data` block this config reads, if any.
+    fn data_block(&self) -> Option<&DataConfig> {
+        None
+    }
+
+    /// The `train` block (epochs, batches, optimiser) this config trains with, if any.
+    fn train_block(&self) -> Option<&TrainConfig> {
+        None
+    }
+
+    /// Checks every block present; the message names the block's keys.
+    fn check_blocks(&self) -> Result<()> {
+        if let Some(data) = self.data_block() {
+            data.check()?;
+        }
+        if let Some(train) = self.train_block() {
+            train.check()?;
+        }
+        Ok(())
+    }
+}
+
+/// Declares a classifier paper's `Config`: the shared `data`, `model` and `train` blocks first, then
+/// the paper's own keys (doc comments and attributes kept), with serde's `deny_unknown_fields` and
+/// defaults from the `Default` the paper writes, and its [`Blocks`]. A macro rather than a flattened
+/// struct because serde's `flatten` cannot be combined with `deny_unknown_fields`, and a misspelt
+/// key must stay an error that names it.
+macro_rules! classifier_config {
+    ($(#[$meta:meta])* pub struct Config { $($(#[$field_meta:meta])* pub $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct Config {
+            pub data: $crate::data::DataConfig,
+            pub model: $crate::models::ModelConfig,
+            pub train: $crate::train::supervised::TrainConfig,
+            $($(#[$field_meta])* pub $field: $ty,)*
+        }
+
+        impl $crate::paper::Blocks for Config {
+            fn data_block(&self) -> Option<&$crate::data::DataConfig> {
+                Some(&self.data)
+            }
+
+            fn train_block(&self) -> Option<&$crate::train::supervised::TrainConfig> {
+                Some(&self.train)
+            }
+        }
+    };
+}
+pub(crate) use classifier_config;
 
 /// A registered paper, type-erased for the runner.
 #[derive(Clone, Copy)]
@@ -62,7 +116,7 @@ fn defaults_of<P: Paper>() -> Value {
 
 fn resolve_with<P: Paper>(value: &Value, origin: &str) -> Result<Value> {
     let config: P::Config = params::typed(value, origin)?;
-    P::check(&config).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    config.check_blocks().and_then(|()| P::check(&config)).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     Ok(params::to_value(&config))
 }
 
@@ -73,7 +127,7 @@ fn run_with<P: Paper>(value: &Value, ctx: &mut RunCtx) -> Result<()> {
 
 fn data_of<P: Paper>(value: &Value) -> Result<Option<DataConfig>> {
     let config: P::Config = params::typed(value, "config")?;
-    Ok(P::data(&config).cloned())
+    Ok(config.data_block().cloned())
 }
 
 /// The registry entry of a paper module.
@@ -86,5 +140,61 @@ pub fn entry<P: Paper>() -> Entry {
         resolve: resolve_with::<P>,
         run: run_with::<P>,
         data: data_of::<P>,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_yaml::Value;
+
+    use crate::papers::find;
+
+    /// The paper's defaults with one key path set, through the runner's `resolve`.
+    fn resolve(key: &str, path: &[&str], value: Value) -> anyhow::Result<Value> {
+        let entry = find(key).unwrap();
+        let mut config = (entry.defaults)();
+        let mut at = &mut config;
+        for p in &path[..path.len() - 1] {
+            at = at.get_mut(*p).unwrap();
+        }
+        at[path[path.len() - 1]] = value;
+        (entry.resolve)(&config, "spec.yaml")
+    }
+
+    #[test]
+    fn the_runner_checks_the_shared_blocks_of_every_kind_of_config() {
+        // A classifier paper (blocks from `classifier_config!`), a hand-written one, and one whose
+        // `data` block is read only for one task: each bad block is refused, naming the key.
+        let err = resolve("elr", &["data", "test_fraction"], Value::from(1.5)).unwrap_err().to_string();
+        assert!(err.contains("spec.yaml") && err.contains("data.test_fraction"), "{err}");
+        let err = resolve("elr", &["train", "epochs"], Value::from(0)).unwrap_err().to_string();
+        assert!(err.contains("train.epochs"), "{err}");
+        let err = resolve("weight_compander", &["train", "batch_size"], Value::from(0)).unwrap_err().to_string();
+        assert!(err.contains("train.batch_size"), "{err}");
+        let err = resolve("rrcm", &["data", "name"], Value::from("imagenet")).unwrap_err().to_string();
+        assert!(err.contains("data.name"), "{err}");
+        // z_loss reads `data` only for `task: data`; its prototype task ignores the block, and
+        // still checks `train`.
+        let z_loss = find("z_loss").unwrap();
+        let mut config = (z_loss.defaults)();
+        config["task"] = Value::from("prototypes");
+        config["data"]["name"] = Value::from("imagenet");
+        assert!((z_loss.resolve)(&config, "spec.yaml").is_ok());
+        assert!((z_loss.data)(&config).unwrap().is_none());
+        config["task"] = Value::from("data");
+        assert!((z_loss.resolve)(&config, "spec.yaml").unwrap_err().to_string().contains("data.name"));
+        config["data"]["name"] = Value::from("digits");
+        assert_eq!((z_loss.data)(&config).unwrap().unwrap().name, "digits");
+        config["task"] = Value::from("prototypes");
+        config["train"]["eval_every"] = Value::from(0);
+        assert!((z_loss.resolve)(&config, "spec.yaml").unwrap_err().to_string().contains("train.eval_every"));
+    }
+
+    #[test]
+    fn classifier_configs_keep_unknown_keys_an_error() {
+        let err = resolve("ps_kd", &["alpha_tt"], Value::from(0.5)).unwrap_err().to_string();
+        assert!(err.contains("alpha_tt"), "{err}");
+        let err = resolve("ps_kd", &["train", "epoch"], Value::from(3)).unwrap_err().to_string();
+        assert!(err.contains("epoch"), "{err}");
     }
 }

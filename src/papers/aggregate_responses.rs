@@ -281,6 +281,9 @@ fn check_rho_grid(key: &str, rhos: &[f64]) -> Result<()> {
     Ok(())
 }
 
+/// No shared blocks: every key is the paper's own.
+impl crate::paper::Blocks for Config {}
+
 impl crate::paper::Paper for AggregateResponses {
     const KEY: &'static str = "aggregate_responses";
     const TITLE: &'static str = "Learning from Aggregate Responses: Instance Level versus Bag Level Loss Functions";

@@ -52,6 +52,7 @@ use crate::losses::{
     classify,
     metrics::{auroc, memorisation},
 };
+use crate::paper::Blocks;
 use crate::reduce;
 use crate::train::second_order;
 
@@ -537,6 +538,12 @@ fn mean_weight(lambda: &[f64], mask: &[bool], want: bool) -> f64 {
     }
 }
 
+impl Blocks for Config {
+    fn data_block(&self) -> Option<&DataConfig> {
+        Some(&self.data)
+    }
+}
+
 impl crate::paper::Paper for BoRep {
     const KEY: &'static str = "bo_rep";
     const TITLE: &'static str = "Bilevel Optimization under Unbounded Smoothness: A New Algorithm and Convergence Analysis";
@@ -544,7 +551,6 @@ impl crate::paper::Paper for BoRep {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
         if c.data.val_fraction <= 0.0 {
             bail!("bo_rep: the upper loss is the CE on a clean validation split: `data.val_fraction` must be in (0, 1), got {}", c.data.val_fraction);
         }
@@ -578,10 +584,6 @@ impl crate::paper::Paper for BoRep {
             bail!("bo_rep: `lambda_init` must be finite, got {}", c.lambda_init);
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

@@ -33,6 +33,7 @@ use crate::context::RunCtx;
 use crate::data::block::Normalize;
 use crate::data::DataConfig;
 use crate::models::{ModelConfig, ModelKind};
+use crate::paper::classifier_config;
 use crate::robust::pgd::{accuracy_under_attack, attack, PgdConfig};
 use crate::train::optim::{OptimConfig, OptimKind};
 use crate::train::supervised::{fit, setup, TrainConfig};
@@ -49,23 +50,20 @@ pub enum Method {
     AdvCompSum,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub data: DataConfig,
-    pub model: ModelConfig,
-    pub train: TrainConfig,
-    pub method: Method,
-    pub tau: f64,
-    /// Weight ν of the smooth adversarial term (ADV-COMP-SUM).
-    pub nu: f64,
-    /// TRADES's β.
-    pub trades_beta: f64,
-    /// The attack used in training, and the PGD-20 evaluation attack.
-    pub train_attack: PgdConfig,
-    pub eval_attack: PgdConfig,
-    /// Evaluate PGD accuracy after training (also for standard training).
-    pub evaluate_pgd: bool,
+classifier_config! {
+    pub struct Config {
+        pub method: Method,
+        pub tau: f64,
+        /// Weight ν of the smooth adversarial term (ADV-COMP-SUM).
+        pub nu: f64,
+        /// TRADES's β.
+        pub trades_beta: f64,
+        /// The attack used in training, and the PGD-20 evaluation attack.
+        pub train_attack: PgdConfig,
+        pub eval_attack: PgdConfig,
+        /// Evaluate PGD accuracy after training (also for standard training).
+        pub evaluate_pgd: bool,
+    }
 }
 
 impl Default for Config {
@@ -110,8 +108,6 @@ impl crate::paper::Paper for CompSumLosses {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
-        c.train.check()?;
         if c.tau < 0.0 || c.nu < 0.0 || c.trades_beta < 0.0 {
             bail!("`tau`, `nu` and `trades_beta` must be non-negative");
         }
@@ -121,10 +117,6 @@ impl crate::paper::Paper for CompSumLosses {
             }
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

@@ -128,6 +128,9 @@ fn error(pred: &Tensor, y: &Tensor) -> f64 {
     f64::try_from(pred.ne_tensor(y).to_kind(Kind::Double).mean(Kind::Double)).expect("scalar")
 }
 
+/// No shared blocks: every key is the paper's own.
+impl crate::paper::Blocks for Config {}
+
 impl crate::paper::Paper for DiscVsGen {
     const KEY: &'static str = "disc_vs_gen";
     const TITLE: &'static str = "Revisiting Discriminative vs. Generative Classifiers: Theory and Implications";

@@ -26,6 +26,7 @@ use crate::context::RunCtx;
 use crate::data::block::Normalize;
 use crate::data::{Data, DataConfig, Split};
 use crate::models::{ModelConfig, ModelKind};
+use crate::paper::classifier_config;
 use crate::robust::smoothing::{certify, clopper_pearson_lower, normal_quantile, record_certified, sample_counts, CertifyConfig};
 use crate::train::optim::{OptimConfig, OptimKind};
 use crate::train::supervised::{fit_with_gaussian_noise, TrainConfig};
@@ -41,15 +42,12 @@ pub enum Method {
     Drs,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub data: DataConfig,
-    pub model: ModelConfig,
-    pub train: TrainConfig,
-    pub method: Method,
-    pub sigma: f64,
-    pub certify: CertifyConfig,
+classifier_config! {
+    pub struct Config {
+        pub method: Method,
+        pub sigma: f64,
+        pub certify: CertifyConfig,
+    }
 }
 
 impl Default for Config {
@@ -129,8 +127,6 @@ impl crate::paper::Paper for DualSmoothing {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
-        c.train.check()?;
         if c.data.flatten {
             bail!("`data.flatten` must be false: the checkerboard split needs the image layout");
         }
@@ -139,10 +135,6 @@ impl crate::paper::Paper for DualSmoothing {
             bail!("`sigma` must be positive");
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

@@ -23,6 +23,7 @@ use crate::context::RunCtx;
 use crate::data::block::{LabelNoise, NoiseKind, Normalize};
 use crate::data::DataConfig;
 use crate::models::{ModelConfig, ModelKind};
+use crate::paper::classifier_config;
 use crate::train::optim::{OptimConfig, OptimKind, ScheduleKind};
 use crate::train::supervised::{fit, setup, TrainConfig};
 
@@ -39,19 +40,16 @@ pub enum Loss {
     Gce,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub data: DataConfig,
-    pub model: ModelConfig,
-    pub train: TrainConfig,
-    pub loss: Loss,
-    /// Temporal-ensembling momentum of the targets.
-    pub beta: f64,
-    /// Weight λ of the regulariser.
-    pub lambda: f64,
-    /// q of the GCE baseline.
-    pub gce_q: f64,
+classifier_config! {
+    pub struct Config {
+        pub loss: Loss,
+        /// Temporal-ensembling momentum of the targets.
+        pub beta: f64,
+        /// Weight λ of the regulariser.
+        pub lambda: f64,
+        /// q of the GCE baseline.
+        pub gce_q: f64,
+    }
 }
 
 impl Default for Config {
@@ -128,16 +126,10 @@ impl crate::paper::Paper for Elr {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
-        c.train.check()?;
         if !(0.0..1.0).contains(&c.beta) || c.lambda < 0.0 || !(c.gce_q > 0.0 && c.gce_q <= 1.0) {
             bail!("`beta` must be in [0, 1), `lambda` non-negative, `gce_q` in (0, 1]");
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

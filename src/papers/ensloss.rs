@@ -26,6 +26,7 @@ use crate::context::{Rng, RunCtx};
 use crate::data::block::{LabelNoise, NoiseKind, Normalize};
 use crate::data::DataConfig;
 use crate::models::{ModelConfig, ModelKind};
+use crate::paper::classifier_config;
 use crate::train::optim::{OptimConfig, OptimKind};
 use crate::train::supervised::{fit, TrainConfig};
 
@@ -44,16 +45,13 @@ pub enum Loss {
     Ensloss,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
+classifier_config! {
     /// A binary task: `data.classes: [negative, positive]`.
-    pub data: DataConfig,
-    pub model: ModelConfig,
-    pub train: TrainConfig,
-    pub loss: Loss,
-    /// λ of the inverse Box–Cox transform (0: exp).
-    pub lambda: f64,
+    pub struct Config {
+        pub loss: Loss,
+        /// λ of the inverse Box–Cox transform (0: exp).
+        pub lambda: f64,
+    }
 }
 
 impl Default for Config {
@@ -141,16 +139,10 @@ impl crate::paper::Paper for EnsLoss {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
-        c.train.check()?;
         if c.data.classes.len() != 2 {
             bail!("EnsLoss is a binary method: set `data.classes: [negative, positive]`, e.g. [3, 8]");
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

@@ -285,6 +285,9 @@ fn early_epochs(until: u64, points: u32) -> BTreeSet<u64> {
     (0..=points).map(|k| (until as f64).powf(k as f64 / points as f64).round() as u64).collect()
 }
 
+/// No shared blocks: every key is the paper's own.
+impl crate::paper::Blocks for Config {}
+
 impl crate::paper::Paper for GrokkingLazyRich {
     const KEY: &'static str = "grokking_lazy_rich";
     const TITLE: &'static str = "Grokking as the Transition from Lazy to Rich Training Dynamics";

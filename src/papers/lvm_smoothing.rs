@@ -29,6 +29,7 @@ use crate::context::RunCtx;
 use crate::data::block::Normalize;
 use crate::data::DataConfig;
 use crate::models::{ModelConfig, ModelKind};
+use crate::paper::classifier_config;
 use crate::robust::smoothing::{certify, clopper_pearson_lower, noisy_logits, normal_quantile, record_certified, CertifyConfig};
 use crate::train::optim::{OptimConfig, OptimKind};
 use crate::train::supervised::{fit_with_gaussian_noise, setup, TrainConfig};
@@ -53,20 +54,17 @@ pub enum Selection {
     SameSamples,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub data: DataConfig,
-    pub model: ModelConfig,
-    pub train: TrainConfig,
-    pub sigma: f64,
-    pub method: Method,
-    pub selection: Selection,
-    pub certify: CertifyConfig,
-    /// Temperatures: `temperatures` log-spaced values in [t_min, t_max].
-    pub temperatures: usize,
-    pub t_min: f64,
-    pub t_max: f64,
+classifier_config! {
+    pub struct Config {
+        pub sigma: f64,
+        pub method: Method,
+        pub selection: Selection,
+        pub certify: CertifyConfig,
+        /// Temperatures: `temperatures` log-spaced values in [t_min, t_max].
+        pub temperatures: usize,
+        pub t_min: f64,
+        pub t_max: f64,
+    }
 }
 
 impl Default for Config {
@@ -208,8 +206,6 @@ impl crate::paper::Paper for LvmSmoothing {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
-        c.train.check()?;
         c.certify.check()?;
         if !(c.sigma > 0.0) {
             bail!("`sigma` must be positive");
@@ -218,10 +214,6 @@ impl crate::paper::Paper for LvmSmoothing {
             bail!("temperatures: 0 < t_min < t_max and at least one temperature");
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

@@ -37,6 +37,7 @@ use crate::context::{Rng, RunCtx};
 use crate::data::block::{LabelNoise, NoiseKind, Normalize};
 use crate::data::{Data, DataConfig};
 use crate::models::Mlp;
+use crate::paper::Blocks;
 use crate::train::coteaching::{kept, small_loss};
 
 pub struct NestedCoteaching;
@@ -392,6 +393,12 @@ impl NestedCoteaching {
     }
 }
 
+impl Blocks for Config {
+    fn data_block(&self) -> Option<&DataConfig> {
+        Some(&self.data)
+    }
+}
+
 impl crate::paper::Paper for NestedCoteaching {
     const KEY: &'static str = "nested_coteaching";
     const TITLE: &'static str = "Compressing Features for Learning with Noisy Labels";
@@ -399,7 +406,6 @@ impl crate::paper::Paper for NestedCoteaching {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
         if c.data.val_fraction <= 0.0 {
             bail!("`data.val_fraction` must be positive: model selection needs a clean validation split");
         }
@@ -410,10 +416,6 @@ impl crate::paper::Paper for NestedCoteaching {
             bail!("`forget_rate` and `dropout` must be in [0, 1)");
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

@@ -239,6 +239,9 @@ pub fn play(cfg: &Config, rng: &mut Rng, trace: bool) -> Game {
     Game { regret: loss + norm(&sum_g), dynamic_regret: loss + best_each, sigma2, drift2, hint_error2, iterates }
 }
 
+/// No shared blocks: every key is the paper's own.
+impl crate::paper::Blocks for Config {}
+
 impl crate::paper::Paper for OptimisticOmd {
     const KEY: &'static str = "optimistic_omd";
     const TITLE: &'static str = "Optimistic Online Mirror Descent for Bridging Stochastic and Adversarial Online Convex Optimization";

@@ -23,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 use crate::context::RunCtx;
 use crate::data::block::Normalize;
 use crate::data::DataConfig;
+use crate::paper::Blocks;
 use crate::robust::conv_matrix::{conv, dense_matrix, Padding};
 use crate::robust::pgd::{accuracy_under_attack, Norm, PgdConfig};
 use crate::train::optim::{OptimConfig, OptimKind};
@@ -209,6 +210,16 @@ impl OrthogonalConv {
     }
 }
 
+impl Blocks for Config {
+    fn data_block(&self) -> Option<&DataConfig> {
+        (self.task == Task::Train).then_some(&self.data)
+    }
+
+    fn train_block(&self) -> Option<&TrainConfig> {
+        Some(&self.train)
+    }
+}
+
 impl crate::paper::Paper for OrthogonalConv {
     const KEY: &'static str = "orthogonal_conv";
     const TITLE: &'static str = "Existence, Stability and Scalability of Orthogonal Convolutional Neural Networks";
@@ -216,7 +227,6 @@ impl crate::paper::Paper for OrthogonalConv {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.train.check()?;
         if c.lambda < 0.0 {
             bail!("`lambda` must be non-negative");
         }
@@ -224,16 +234,11 @@ impl crate::paper::Paper for OrthogonalConv {
             bail!("existence task: m, c ≥ 1, k odd, stride ≥ 1 and n divisible by stride");
         }
         if c.task == Task::Train {
-            c.data.check()?;
             if c.data.flatten {
                 bail!("`data.flatten` must be false: the model is a CNN");
             }
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        (c.task == Task::Train).then_some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

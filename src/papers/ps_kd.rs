@@ -23,6 +23,7 @@ use crate::data::block::Normalize;
 use crate::data::DataConfig;
 use crate::losses::metrics::ece;
 use crate::models::{ModelConfig, ModelKind};
+use crate::paper::classifier_config;
 use crate::train::optim::{OptimConfig, OptimKind, ScheduleKind};
 use crate::train::supervised::{fit, predict, setup, soft_cross_entropy, TrainConfig};
 
@@ -37,17 +38,14 @@ pub enum Loss {
     PsKd,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub data: DataConfig,
-    pub model: ModelConfig,
-    pub train: TrainConfig,
-    pub loss: Loss,
-    /// α_T, the final weight of the model's own past predictions.
-    pub alpha_t: f64,
-    /// ε of the label-smoothing baseline.
-    pub smoothing: f64,
+classifier_config! {
+    pub struct Config {
+        pub loss: Loss,
+        /// α_T, the final weight of the model's own past predictions.
+        pub alpha_t: f64,
+        /// ε of the label-smoothing baseline.
+        pub smoothing: f64,
+    }
 }
 
 impl Default for Config {
@@ -117,16 +115,10 @@ impl crate::paper::Paper for PsKd {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
-        c.train.check()?;
         if !(0.0..=1.0).contains(&c.alpha_t) || !(0.0..1.0).contains(&c.smoothing) {
             bail!("`alpha_t` must be in [0, 1] and `smoothing` in [0, 1)");
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

@@ -28,6 +28,7 @@ use tch::{Kind, Tensor};
 use crate::context::{Rng, RunCtx};
 use crate::data::block::{Augment, Normalize};
 use crate::data::DataConfig;
+use crate::paper::Blocks;
 use crate::robust::smoothing::{certify, record_certified, CertifyConfig};
 
 pub struct Rrcm;
@@ -197,6 +198,12 @@ fn ema_update(target: &mut nn::VarStore, online: &nn::VarStore, m: f64) {
     });
 }
 
+impl Blocks for Config {
+    fn data_block(&self) -> Option<&DataConfig> {
+        Some(&self.data)
+    }
+}
+
 impl crate::paper::Paper for Rrcm {
     const KEY: &'static str = "rrcm";
     const TITLE: &'static str = "Robust Representation Consistency Model via Contrastive Denoising";
@@ -204,7 +211,6 @@ impl crate::paper::Paper for Rrcm {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
         if !c.data.flatten || c.data.normalize != Normalize::Unit {
             bail!("`data` must be flattened and in [0, 1] (`flatten: true`, `normalize: unit`): the encoder is an MLP on [−1, 1] inputs");
         }
@@ -216,10 +222,6 @@ impl crate::paper::Paper for Rrcm {
             bail!("`pretrain_batch` must be at least 2 (InfoNCE needs in-batch negatives)");
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

@@ -407,6 +407,9 @@ fn argmin(xs: impl Iterator<Item = f64>) -> usize {
     xs.enumerate().fold((0, f64::INFINITY), |(bi, bv), (i, v)| if v < bv { (i, v) } else { (bi, bv) }).0
 }
 
+/// No shared blocks: every key is the paper's own.
+impl crate::paper::Blocks for Config {}
+
 impl crate::paper::Paper for ScoreEstimation {
     const KEY: &'static str = "score_estimation";
     const TITLE: &'static str = "Neural Network-Based Score Estimation in Diffusion Models: Optimization and Generalization";

@@ -54,6 +54,7 @@ use crate::data::block::Normalize;
 use crate::data::{Data, DataConfig, Split};
 use crate::losses::classify::accuracy;
 use crate::losses::metrics::nll;
+use crate::paper::Blocks;
 
 pub struct SelfTuningNetworks;
 
@@ -606,6 +607,12 @@ pub fn run_on(cfg: &Config, data: &Data, ctx: &mut RunCtx) -> Result<()> {
     }
 }
 
+impl Blocks for Config {
+    fn data_block(&self) -> Option<&DataConfig> {
+        Some(&self.data)
+    }
+}
+
 impl crate::paper::Paper for SelfTuningNetworks {
     const KEY: &'static str = "self_tuning_networks";
     const TITLE: &'static str = "Self-Tuning Networks: Bilevel Optimization of Hyperparameters using Structured Best-Response Functions";
@@ -613,7 +620,6 @@ impl crate::paper::Paper for SelfTuningNetworks {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
         if !c.data.flatten {
             bail!("`data.flatten` must be true: the model is an MLP");
         }
@@ -668,10 +674,6 @@ impl crate::paper::Paper for SelfTuningNetworks {
             bail!("`min_lr` must be ≥ 0, got {}", c.min_lr);
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

@@ -88,6 +88,9 @@ pub fn curvature(x: &Tensor, u: &Tensor, v: &Tensor) -> (f64, f64) {
     (trace, top)
 }
 
+/// No shared blocks: every key is the paper's own.
+impl crate::paper::Blocks for Config {}
+
 impl crate::paper::Paper for SgdStability {
     const KEY: &'static str = "sgd_stability";
     const TITLE: &'static str = "The Implicit Regularization of Dynamical Stability in Stochastic Gradient Descent";

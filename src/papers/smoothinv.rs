@@ -18,7 +18,6 @@
 //! variant, the Neural-Cleanse baseline and target identification are not implemented.
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
@@ -27,34 +26,32 @@ use crate::data::block::Normalize;
 use crate::data::{DataConfig, Split};
 use crate::losses::classify::accuracy;
 use crate::models::{ModelConfig, ModelKind};
+use crate::paper::classifier_config;
 use crate::train::optim::{OptimConfig, OptimKind};
 use crate::train::supervised::{fit, TrainConfig};
 
 pub struct SmoothInv;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    pub data: DataConfig,
-    pub model: ModelConfig,
-    pub train: TrainConfig,
-    /// Poison the training set (false: the clean-model specificity check).
-    pub backdoor: bool,
-    pub poison_rate: f64,
-    pub target: i64,
-    /// Trigger: a square of value 1.0 at (row, col) with this side, on the 8×8 image.
-    pub trigger_row: i64,
-    pub trigger_col: i64,
-    pub trigger_size: i64,
-    /// Noise levels tried per image (the best by attack success is kept); [0] is the plain
-    /// adversarial perturbation.
-    pub sigmas: Vec<f64>,
-    pub noise_samples: i64,
-    pub eps: f64,
-    pub steps: u64,
-    /// Single images inverted, and held-out images the success rate is measured on.
-    pub images: i64,
-    pub heldout: i64,
+classifier_config! {
+    pub struct Config {
+        /// Poison the training set (false: the clean-model specificity check).
+        pub backdoor: bool,
+        pub poison_rate: f64,
+        pub target: i64,
+        /// Trigger: a square of value 1.0 at (row, col) with this side, on the 8×8 image.
+        pub trigger_row: i64,
+        pub trigger_col: i64,
+        pub trigger_size: i64,
+        /// Noise levels tried per image (the best by attack success is kept); [0] is the plain
+        /// adversarial perturbation.
+        pub sigmas: Vec<f64>,
+        pub noise_samples: i64,
+        pub eps: f64,
+        pub steps: u64,
+        /// Single images inverted, and held-out images the success rate is measured on.
+        pub images: i64,
+        pub heldout: i64,
+    }
 }
 
 impl Default for Config {
@@ -139,8 +136,6 @@ impl crate::paper::Paper for SmoothInv {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
-        c.train.check()?;
         if c.data.name != "digits" || !c.data.flatten {
             bail!("this module's trigger lives on the flattened 8×8 digits: `data.name: digits`, `data.flatten: true`");
         }
@@ -151,10 +146,6 @@ impl crate::paper::Paper for SmoothInv {
             bail!("the trigger must fit in the 8×8 image");
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

@@ -30,6 +30,7 @@ use crate::ot::exact::exact_cost_uniform;
 use crate::ot::regularized::{dual, semi_dual, Regularizer};
 use crate::ot::sinkhorn::sinkhorn_log;
 use crate::ot::plan_stats;
+use crate::paper::Blocks;
 use crate::train::lbfgs::{minimize, LbfgsOptions};
 
 pub struct SparseOt;
@@ -190,6 +191,12 @@ fn check_problem(a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
     Ok(())
 }
 
+impl Blocks for Config {
+    fn data_block(&self) -> Option<&DataConfig> {
+        (self.instance == Instance::Data).then_some(&self.data)
+    }
+}
+
 impl crate::paper::Paper for SparseOt {
     const KEY: &'static str = "sparse_ot";
     const TITLE: &'static str = "Sparsity-Constrained Optimal Transport";
@@ -201,7 +208,6 @@ impl crate::paper::Paper for SparseOt {
             bail!("`instance: npz` needs `npz_path` (a .npz holding float64 arrays a, b, C)");
         }
         if c.instance == Instance::Data {
-            c.data.check()?;
             if c.data.classes.len() != 2 {
                 bail!("`instance: data` transports between two classes: set `data.classes: [a, b]`");
             }
@@ -219,10 +225,6 @@ impl crate::paper::Paper for SparseOt {
             bail!("`k` has no meaning for `method: sinkhorn`; set `k: null`");
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        (c.instance == Instance::Data).then_some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

@@ -118,6 +118,9 @@ impl StablemaxGrokking {
     }
 }
 
+/// No shared blocks: every key is the paper's own.
+impl crate::paper::Blocks for Config {}
+
 impl crate::paper::Paper for StablemaxGrokking {
     const KEY: &'static str = "stablemax_grokking";
     const TITLE: &'static str = "Grokking at the Edge of Numerical Stability";

@@ -32,6 +32,7 @@ use tch::{Kind, Tensor};
 use crate::context::RunCtx;
 use crate::data::block::Normalize;
 use crate::data::DataConfig;
+use crate::paper::Blocks;
 use crate::train::optim::{OptimConfig, OptimKind};
 use crate::train::supervised::{fit, TrainConfig};
 
@@ -173,6 +174,16 @@ impl WcMlp {
     }
 }
 
+impl Blocks for Config {
+    fn data_block(&self) -> Option<&DataConfig> {
+        Some(&self.data)
+    }
+
+    fn train_block(&self) -> Option<&TrainConfig> {
+        Some(&self.train)
+    }
+}
+
 impl crate::paper::Paper for WeightCompander {
     const KEY: &'static str = "weight_compander";
     const TITLE: &'static str = "Weight Compander: A Simple Weight Reparameterization for Regularization";
@@ -180,16 +191,10 @@ impl crate::paper::Paper for WeightCompander {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.data.check()?;
-        c.train.check()?;
         if !(c.alpha > 0.0) || !(c.beta_scale > 0.0) || !(0.0..1.0).contains(&c.dropout) {
             bail!("`alpha` and `beta_scale` must be positive, `dropout` in [0, 1)");
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        Some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {

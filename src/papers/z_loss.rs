@@ -27,6 +27,7 @@ use crate::data::{Data, DataConfig, Split};
 use crate::losses::metrics::top_k_accuracy;
 use crate::losses::spherical::{log_taylor_per_sample, mse_onehot_per_sample, z_loss_per_sample, z_loss_spherical};
 use crate::models::{ModelConfig, ModelKind};
+use crate::paper::Blocks;
 use crate::train::optim::{OptimConfig, OptimKind};
 use crate::train::supervised::{fit, predict, TrainConfig};
 
@@ -192,6 +193,16 @@ impl ZLoss {
     }
 }
 
+impl Blocks for Config {
+    fn data_block(&self) -> Option<&DataConfig> {
+        (self.task == Task::Data).then_some(&self.data)
+    }
+
+    fn train_block(&self) -> Option<&TrainConfig> {
+        Some(&self.train)
+    }
+}
+
 impl crate::paper::Paper for ZLoss {
     const KEY: &'static str = "z_loss";
     const TITLE: &'static str = "The Z-loss: a shift and scale invariant classification loss belonging to the Spherical Family";
@@ -199,10 +210,6 @@ impl crate::paper::Paper for ZLoss {
     type Config = Config;
 
     fn check(c: &Config) -> Result<()> {
-        c.train.check()?;
-        if c.task == Task::Data {
-            c.data.check()?;
-        }
         if !(c.a > 0.0) {
             bail!("`a` (the Z-loss sharpness) must be positive, got {}", c.a);
         }
@@ -210,10 +217,6 @@ impl crate::paper::Paper for ZLoss {
             bail!("`classes`, `dim`, `train_per_class`, `test_per_class`, `timing_classes` and `timing_reps` must be positive (classes ≥ 2)");
         }
         Ok(())
-    }
-
-    fn data(c: &Config) -> Option<&DataConfig> {
-        (c.task == Task::Data).then_some(&c.data)
     }
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
