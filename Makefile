@@ -23,7 +23,7 @@ CARGO   ?= cargo
 REGLAB  := target/release/reglab
 SPECS   := $(wildcard experiments/*.yaml)
 
-.PHONY: all build demo test run sweep tables bench clean torch env data $(SPECS:%=sweep-%)
+.PHONY: all build demo test run sweep tables bench clean torch env data browser $(SPECS:%=sweep-%)
 
 all: build
 
@@ -41,11 +41,17 @@ build: $(TORCH_READY)
 demo: build
 	@start=$$(date +%s); \
 	$(REGLAB) run experiments/stablemax_grokking.yaml --out $(RESULTS) --jobs 2 $(ARGS); rc=$$?; \
-	echo ">> demo wall time: $$(( $$(date +%s) - start )) s"; exit $$rc
+	echo ">> demo wall time: $$(( $$(date +%s) - start )) s"; \
+	echo ">> open $(RESULTS)/stablemax_grokking/report.html (tables, claims, curves); figures in $(RESULTS)/stablemax_grokking/plots/"; exit $$rc
 
 # Tests run two at a time: one torch thread each (OMP_NUM_THREADS sets libtorch's default).
 test: $(TORCH_READY)
 	OMP_NUM_THREADS=1 $(CARGO) test --release -- --test-threads=2
+
+# Headless Chromium for the test that opens report.html (skipped, with a note, without it).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version
 
 run: build
 	$(CARGO) run --release -- run $(EXP) --out $(RESULTS) $(ARGS)

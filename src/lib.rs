@@ -3,6 +3,7 @@
 //! The runner (`spec` → `runner` → `report`) is shared by every paper; a paper is one module
 //! under [`papers`] that uses the shared pieces (`data`, `models`, `train`, `losses`, `ot`).
 
+pub mod compare;
 pub mod context;
 pub mod data;
 pub mod device;
@@ -13,6 +14,7 @@ pub mod ot;
 pub mod paper;
 pub mod papers;
 pub mod params;
+pub mod plot;
 pub mod provenance;
 pub mod reduce;
 pub mod report;

@@ -1,4 +1,4 @@
-//! The `reglab` command line: run, validate, list, show, report.
+//! The `reglab` command line: run, validate, list, show, report, plot, data.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,7 +39,8 @@ enum Command {
     List,
     /// A paper's Config with its defaults, as YAML to paste under `params:` in a spec.
     Show { key: String },
-    /// Write summary.csv and table.md for result directories and check the claims.
+    /// Write summary.csv, table.md, plots/ and report.html for result directories and check the
+    /// claims. Two directories of the same spec (CPU vs GPU, two code versions): side by side.
     Report {
         /// `results/<name>` directories, or a results root holding several.
         #[arg(required = true)]
@@ -47,6 +48,23 @@ enum Command {
         /// Exit non-zero when a claim fails or cannot be evaluated.
         #[arg(long)]
         check: bool,
+    },
+    /// Draw a metric as SVG: learning curves over steps (mean over seeds, ± 1 std band), or each
+    /// group's final value against a sweep key.
+    Plot {
+        /// `results/<name>` directories, or a results root holding several.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// A metric to draw (repeat for several). Default: every metric logged over steps, or with
+        /// `--x KEY` the metrics the claims name.
+        #[arg(long = "metric", value_name = "M")]
+        metrics: Vec<String>,
+        /// `step` for curves over steps, or a sweep key (e.g. `train.optim.lr`) for final values across it.
+        #[arg(long, default_value = "step", value_name = "step|KEY")]
+        x: String,
+        /// An .svg file (one experiment, one metric) or a folder; default `<experiment>/plots/`.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
     },
     /// Datasets: what is present, and getting them.
     #[command(subcommand)]
@@ -144,7 +162,7 @@ fn init_tracing(quiet: bool, verbose: u8) {
 
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     let data_dir = store::data_dir(cli.data_dir.as_deref());
-    if matches!(cli.command, Command::List | Command::Show { .. } | Command::Validate(_) | Command::Report { .. } | Command::Data(DataCommand::List)) {
+    if matches!(cli.command, Command::List | Command::Show { .. } | Command::Validate(_) | Command::Report { .. } | Command::Plot { .. } | Command::Data(DataCommand::List)) {
         quiet_on_closed_pipe();
     }
     match cli.command {
@@ -155,6 +173,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::List => cmd_list(),
         Command::Show { key } => cmd_show(&key),
         Command::Report { dirs, check } => cmd_report(&dirs, check),
+        Command::Plot { dirs, metrics, x, out } => cmd_plot(&dirs, &metrics, &x, out.as_deref()),
         Command::RunOne { dir, device, threads, plain_progress } => {
             install_ctrl_c();
             let progress = if cli.quiet {
@@ -302,6 +321,7 @@ fn cmd_run(args: RunArgs, quiet: bool, data_dir: &Path) -> Result<ExitCode> {
         interrupted |= outcome.interrupted;
         let rep = report::report(&exp_dir)?;
         println!("{}", rep.markdown);
+        print_report_files(&rep);
         if interrupted {
             break;
         }
@@ -322,16 +342,84 @@ fn cmd_run(args: RunArgs, quiet: bool, data_dir: &Path) -> Result<ExitCode> {
 
 fn cmd_report(dirs: &[PathBuf], check: bool) -> Result<ExitCode> {
     let mut all_pass = true;
-    for d in dirs {
-        for exp in report::find_experiments(d)? {
-            let rep = report::report(&exp)?;
-            println!("{}", rep.markdown);
-            all_pass &= rep.all_pass();
+    if let Some((a, b)) = same_spec_pair(dirs)? {
+        let (md, _) = reglab::compare::compare(&a, &b)?;
+        println!("{md}");
+        for d in [&a, &b] {
+            all_pass &= report::finals(d)?.claims.iter().all(|c| c.pass == Some(true));
+        }
+    } else {
+        for d in dirs {
+            for exp in report::find_experiments(d)? {
+                let rep = report::report(&exp)?;
+                println!("{}", rep.markdown);
+                print_report_files(&rep);
+                all_pass &= rep.all_pass();
+            }
         }
     }
     if check && !all_pass {
         eprintln!("error: at least one claim did not PASS");
         return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Two directories given, each one experiment of the same spec: the pair to compare.
+fn same_spec_pair(dirs: &[PathBuf]) -> Result<Option<(PathBuf, PathBuf)>> {
+    let [a, b] = dirs else { return Ok(None) };
+    let (ea, eb) = (report::find_experiments(a)?, report::find_experiments(b)?);
+    let ([ea], [eb]) = (ea.as_slice(), eb.as_slice()) else { return Ok(None) };
+    let (xa, xb) = (report::load_experiment(ea)?, report::load_experiment(eb)?);
+    Ok((xa.name == xb.name && xa.paper == xb.paper && ea != eb).then(|| (ea.clone(), eb.clone())))
+}
+
+/// Where the page and the figures of a report are (stderr, so the markdown on stdout stays clean).
+fn print_report_files(rep: &report::Report) {
+    let plots = rep.plots.first().and_then(|p| p.parent()).map(|d| format!("; plots: {}/ ({} SVG)", d.display(), rep.plots.len())).unwrap_or_default();
+    eprintln!(">> report: {}{plots}", rep.html.display());
+}
+
+fn cmd_plot(dirs: &[PathBuf], metrics: &[String], x: &str, out: Option<&Path>) -> Result<ExitCode> {
+    use reglab::plot::{figure, file_name, write_figure, ExperimentCurves, XAxis};
+    let x = XAxis::parse(x);
+    let mut exps = vec![];
+    for d in dirs {
+        exps.extend(report::find_experiments(d)?);
+    }
+    let to_file = out.filter(|o| o.extension().is_some_and(|e| e == "svg"));
+    if to_file.is_some() && (exps.len() != 1 || metrics.len() != 1) {
+        bail!("`--out FILE.svg` draws one metric of one experiment (here {} experiment(s), {} `--metric`); give a folder to --out for more", exps.len(), metrics.len());
+    }
+    for exp_dir in &exps {
+        let exp = report::load_experiment(exp_dir)?;
+        let curves = ExperimentCurves::load(exp_dir, &exp)?;
+        let wanted: Vec<String> = if !metrics.is_empty() {
+            metrics.to_vec()
+        } else if x == XAxis::Step {
+            curves.curve_metrics().into_iter().collect()
+        } else {
+            let mut claimed: Vec<String> = vec![];
+            for c in &exp.claims {
+                if !claimed.contains(&c.metric) {
+                    claimed.push(c.metric.clone());
+                }
+            }
+            claimed
+        };
+        if wanted.is_empty() {
+            bail!("{}: nothing to draw: name a metric with `--metric M` (see a run's metrics.csv)", exp_dir.display());
+        }
+        for metric in &wanted {
+            let fig = figure(exp_dir, &exp, &curves, metric, &x)?;
+            let path = match (to_file, out) {
+                (Some(file), _) => file.to_path_buf(),
+                (None, Some(dir)) if exps.len() > 1 => dir.join(&exp.name).join(file_name(metric, &x)),
+                (None, Some(dir)) => dir.join(file_name(metric, &x)),
+                (None, None) => exp_dir.join(report::PLOTS_DIR).join(file_name(metric, &x)),
+            };
+            println!("{}", write_figure(&fig, &path)?.display());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

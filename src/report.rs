@@ -1,5 +1,6 @@
 //! Reports: gathers every run's summary of an experiment into `summary.csv` and `table.md`
-//! (variants × final metrics, mean ± std over seeds, n of runs) and checks the spec's claims.
+//! (variants × final metrics, mean ± std over seeds, n of runs; the claimed metrics first), checks
+//! the spec's claims, draws the curves (`plots/*.svg`) and writes all of it into one `report.html`.
 //!
 //! A cell with no value says why — no run yet, failed, diverged, interrupted — never a blank.
 
@@ -60,6 +61,10 @@ pub struct ClaimResult {
 pub struct Report {
     pub markdown: String,
     pub claims: Vec<ClaimResult>,
+    /// The figures written under `plots/`.
+    pub plots: Vec<PathBuf>,
+    /// `report.html`: the tables, claims and figures in one self-contained file.
+    pub html: PathBuf,
 }
 
 impl Report {
@@ -90,73 +95,314 @@ struct Row {
     fields: BTreeMap<String, String>,
 }
 
+/// Every run's summary row that exists, in the experiment's run order.
+fn read_rows(exp_dir: &Path, exp: &Experiment) -> Vec<Row> {
+    exp.runs
+        .iter()
+        .filter_map(|(id, group)| read_summary(&exp_dir.join("runs").join(id)).ok().map(|fields| Row { group: group.clone(), fields }))
+        .collect()
+}
+
+/// An experiment's final values, summarised per group, for comparing two result directories.
+pub struct Finals {
+    pub exp: Experiment,
+    /// group → metric → (mean, standard deviation, runs ok) over the group's ok runs.
+    pub by_group: BTreeMap<String, BTreeMap<String, (f64, f64, usize)>>,
+    /// The claims' verdicts and measurements.
+    pub claims: Vec<ClaimResult>,
+}
+
+/// Reads an experiment's summaries without writing anything.
+pub fn finals(exp_dir: &Path) -> Result<Finals> {
+    let exp = load_experiment(exp_dir)?;
+    let rows = read_rows(exp_dir, &exp);
+    let planned: BTreeMap<&str, usize> = exp.runs.iter().fold(BTreeMap::new(), |mut m, (_, g)| {
+        *m.entry(g.as_str()).or_default() += 1;
+        m
+    });
+    let stats = group_stats(&rows);
+    let by_group = stats
+        .iter()
+        .map(|(g, s)| {
+            let metrics = s.values.iter().map(|(m, xs)| {
+                let (mean, sd) = mean_std(xs);
+                (m.clone(), (mean, sd, xs.len()))
+            });
+            (g.to_string(), metrics.collect())
+        })
+        .collect();
+    let claims = exp.claims.iter().map(|c| evaluate(c, &stats, &planned, &exp.points)).collect();
+    Ok(Finals { by_group, claims, exp })
+}
+
 /// Builds the report of one experiment, writes `summary.csv` and `table.md`, and returns it.
 pub fn report(exp_dir: &Path) -> Result<Report> {
-    let exp = match Experiment::read(exp_dir) {
-        Ok(e) => e,
-        Err(_) => discover(exp_dir)?,
-    };
-    let mut rows = vec![];
-    for (id, group) in &exp.runs {
-        let dir = exp_dir.join("runs").join(id);
-        if let Ok(fields) = read_summary(&dir) {
-            rows.push(Row { group: group.clone(), fields });
-        }
-    }
+    let exp = load_experiment(exp_dir)?;
+    let rows = read_rows(exp_dir, &exp);
     write_summary(exp_dir, &rows)?;
 
-    let metrics: BTreeSet<String> = rows
+    let found: BTreeSet<String> = rows
         .iter()
         .flat_map(|r| r.fields.keys().filter(|k| !SUMMARY_HEAD.contains(&k.as_str()) && !k.starts_with("sweep.")).cloned())
         .collect();
+    // The metrics the claims name lead, in the claims' order; then the rest.
+    let mut metrics: Vec<String> = vec![];
+    for c in &exp.claims {
+        if found.contains(&c.metric) && !metrics.contains(&c.metric) {
+            metrics.push(c.metric.clone());
+        }
+    }
+    let claimed = metrics.len();
+    metrics.extend(found.iter().filter(|m| !metrics.contains(m)).cloned().collect::<Vec<_>>());
     let planned: BTreeMap<&str, usize> = exp.runs.iter().fold(BTreeMap::new(), |mut m, (_, g)| {
         *m.entry(g.as_str()).or_default() += 1;
         m
     });
     let stats = group_stats(&rows);
 
-    let mut md = String::new();
-    writeln!(md, "# {} — {}", exp.name, exp.title).ok();
-    writeln!(md).ok();
-    writeln!(md, "paper `{}` (arXiv {}), spec `{}`. Cells: mean ± std over seeds of each run's final value; n = runs ok / planned.", exp.paper, exp.arxiv, exp.spec_file).ok();
-    writeln!(md).ok();
     let mut header = vec!["variant".to_string(), "n".to_string()];
     header.extend(metrics.iter().cloned());
-    writeln!(md, "| {} |", header.join(" | ")).ok();
-    writeln!(md, "|{}", "---|".repeat(header.len())).ok();
-    for group in &exp.groups {
-        let s = stats.get(group.as_str());
-        let n_ok = s.map_or(0, |s| s.ok);
-        let mut cells = vec![group.clone(), format!("{n_ok}/{}", planned.get(group.as_str()).copied().unwrap_or(0))];
-        for m in &metrics {
-            cells.push(cell(s, m));
+    let body: Vec<Vec<String>> = exp
+        .groups
+        .iter()
+        .map(|group| {
+            let s = stats.get(group.as_str());
+            let n_ok = s.map_or(0, |s| s.ok);
+            let mut cells = vec![group.clone(), format!("{n_ok}/{}", planned.get(group.as_str()).copied().unwrap_or(0))];
+            cells.extend(metrics.iter().map(|m| cell(s, m)));
+            cells
+        })
+        .collect();
+    let claims: Vec<ClaimResult> = exp.claims.iter().map(|c| evaluate(c, &stats, &planned, &exp.points)).collect();
+    let plots = write_plots(exp_dir, &exp, &claim_metric_order(&exp));
+    let page = Page { exp: &exp, header, body, claimed, claims: &claims, plots: &plots };
+    let md = page.markdown();
+    write_atomic(&exp_dir.join("table.md"), md.as_bytes())?;
+    write_atomic(&exp_dir.join(HTML_FILE), page.html().as_bytes())?;
+    Ok(Report { markdown: md, claims, plots: plots.iter().map(|p| exp_dir.join(&p.file)).collect(), html: exp_dir.join(HTML_FILE) })
+}
+
+/// The self-contained page `report` writes beside `table.md`.
+pub const HTML_FILE: &str = "report.html";
+/// The folder of the figures, beside `table.md`.
+pub const PLOTS_DIR: &str = "plots";
+
+/// The metrics the claims name, in order, each once.
+fn claim_metric_order(exp: &Experiment) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for c in &exp.claims {
+        if !out.contains(&c.metric) {
+            out.push(c.metric.clone());
         }
-        writeln!(md, "| {} |", cells.join(" | ")).ok();
+    }
+    out
+}
+
+/// A figure written under `plots/`: what it shows, its path relative to the experiment, its SVG.
+struct Plot {
+    title: String,
+    file: String,
+    svg: String,
+}
+
+/// Draws the learning curve of every metric logged over steps (claimed metrics first) and, for
+/// every trend claim, its metric against the swept key. A figure that cannot be drawn is
+/// reported on stderr and left out; the tables do not depend on it.
+fn write_plots(exp_dir: &Path, exp: &Experiment, claimed: &[String]) -> Vec<Plot> {
+    use crate::plot::{figure, file_name, render_svg, ExperimentCurves, XAxis};
+    let curves = match ExperimentCurves::load(exp_dir, exp) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("warning: {}: no plots: {e:#}", exp_dir.display());
+            return vec![];
+        }
+    };
+    let logged = curves.curve_metrics();
+    let mut wanted: Vec<(String, XAxis)> = vec![];
+    for m in claimed.iter().filter(|m| logged.contains(*m)).chain(logged.iter().filter(|m| !claimed.contains(m))) {
+        wanted.push((m.clone(), XAxis::Step));
+    }
+    for c in exp.claims.iter().filter(|c| c.trend.is_some()) {
+        if let Some(key) = c.across.as_ref().and_then(|a| a.keys().into_iter().next()) {
+            let w = (c.metric.clone(), XAxis::Sweep(key));
+            if !wanted.contains(&w) {
+                wanted.push(w);
+            }
+        }
+    }
+    let mut out = vec![];
+    for (metric, x) in wanted {
+        let file = format!("{PLOTS_DIR}/{}", file_name(&metric, &x));
+        let drawn = figure(exp_dir, exp, &curves, &metric, &x).and_then(|fig| {
+            let svg = render_svg(&fig)?;
+            let path = exp_dir.join(&file);
+            std::fs::create_dir_all(exp_dir.join(PLOTS_DIR))?;
+            write_atomic(&path, svg.as_bytes())?;
+            Ok((fig.title, svg))
+        });
+        match drawn {
+            Ok((title, svg)) => out.push(Plot { title, file, svg }),
+            Err(e) => eprintln!("warning: {}: no plot of `{metric}`: {e:#}", exp_dir.display()),
+        }
+    }
+    out
+}
+
+/// What the report shows, rendered as markdown (`table.md`) and as a page (`report.html`).
+struct Page<'a> {
+    exp: &'a Experiment,
+    header: Vec<String>,
+    body: Vec<Vec<String>>,
+    /// How many leading metric columns the claims name.
+    claimed: usize,
+    claims: &'a [ClaimResult],
+    plots: &'a [Plot],
+}
+
+/// A claim's verdict as the tables show it.
+pub fn verdict(pass: Option<bool>) -> &'static str {
+    match pass {
+        Some(true) => "PASS",
+        Some(false) => "FAIL",
+        None => "UNKNOWN",
+    }
+}
+
+/// The paper's claims, then the checks that hold by construction (a failing check is a bug).
+const CLAIM_SECTIONS: [(bool, &str, &str); 2] = [(false, "Claims", "claim"), (true, "Checks (hold by construction; not the paper's claims)", "check")];
+
+impl Page<'_> {
+    fn intro(&self) -> String {
+        let lead = if self.claimed > 0 { format!(" The first {} metric column(s) are the ones the claims name.", self.claimed) } else { String::new() };
+        format!(
+            "paper `{}` (arXiv {}), spec `{}`. Cells: mean ± std over seeds of each run's final value; n = runs ok / planned.{lead}",
+            self.exp.paper, self.exp.arxiv, self.exp.spec_file
+        )
     }
 
-    let claims: Vec<ClaimResult> = exp.claims.iter().map(|c| evaluate(c, &stats, &planned, &exp.points)).collect();
-    // The paper's claims, then the checks that hold by construction (a failing check is a bug).
-    for (check, heading, column) in [(false, "Claims", "claim"), (true, "Checks (hold by construction; not the paper's claims)", "check")] {
-        let these: Vec<&ClaimResult> = claims.iter().filter(|c| c.check == check).collect();
-        if these.is_empty() {
-            continue;
+    fn markdown(&self) -> String {
+        let mut md = String::new();
+        writeln!(md, "# {} — {}", self.exp.name, self.exp.title).ok();
+        writeln!(md).ok();
+        writeln!(md, "{}", self.intro()).ok();
+        writeln!(md).ok();
+        writeln!(md, "| {} |", self.header.join(" | ")).ok();
+        writeln!(md, "|{}", "---|".repeat(self.header.len())).ok();
+        for cells in &self.body {
+            writeln!(md, "| {} |", cells.join(" | ")).ok();
         }
-        writeln!(md).ok();
-        writeln!(md, "## {heading}").ok();
-        writeln!(md).ok();
-        writeln!(md, "| {column} | measured (means over seeds; ± standard error) | result |").ok();
-        writeln!(md, "|---|---|---|").ok();
-        for c in these {
-            let verdict = match c.pass {
-                Some(true) => "PASS",
-                Some(false) => "FAIL",
-                None => "UNKNOWN",
-            };
-            writeln!(md, "| {} | {} | {verdict} |", c.text, c.measured).ok();
+        for (check, heading, column) in CLAIM_SECTIONS {
+            let these: Vec<&ClaimResult> = self.claims.iter().filter(|c| c.check == check).collect();
+            if these.is_empty() {
+                continue;
+            }
+            writeln!(md).ok();
+            writeln!(md, "## {heading}").ok();
+            writeln!(md).ok();
+            writeln!(md, "| {column} | measured (means over seeds; ± standard error) | result |").ok();
+            writeln!(md, "|---|---|---|").ok();
+            for c in these {
+                writeln!(md, "| {} | {} | {} |", c.text, c.measured, verdict(c.pass)).ok();
+            }
+        }
+        if !self.plots.is_empty() {
+            writeln!(md).ok();
+            writeln!(md, "## Plots").ok();
+            writeln!(md).ok();
+            writeln!(md, "Also in `{HTML_FILE}`, with the tables, in one file.").ok();
+            writeln!(md).ok();
+            for p in self.plots {
+                writeln!(md, "- [{}]({})", p.title, p.file).ok();
+            }
+        }
+        md
+    }
+
+    fn html(&self) -> String {
+        let e = html_escape;
+        let mut h = String::new();
+        let title = format!("{} — {}", self.exp.name, self.exp.title);
+        writeln!(h, "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>", e(&title)).ok();
+        writeln!(
+            h,
+            "<style>\nbody {{ font-family: sans-serif; margin: 2em; color: #222; }}\ntable {{ border-collapse: collapse; margin: 1em 0; }}\n\
+             th, td {{ border: 1px solid #bbb; padding: 4px 8px; text-align: left; vertical-align: top; }}\nth {{ background: #f0f0f0; }}\n\
+             th.claimed, td.claimed {{ background: #fff8e0; }}\ntd.PASS {{ color: #176117; font-weight: bold; }}\n\
+             td.FAIL {{ color: #a31515; font-weight: bold; }}\ntd.UNKNOWN {{ color: #8a6d00; font-weight: bold; }}\n\
+             figure {{ margin: 1.5em 0; }}\nfigure svg {{ max-width: 100%; height: auto; }}\n</style>\n</head>\n<body>"
+        )
+        .ok();
+        writeln!(h, "<h1>{}</h1>\n<p>{}</p>", e(&title), code_spans(&self.intro())).ok();
+        for (check, heading, column) in CLAIM_SECTIONS {
+            let these: Vec<&ClaimResult> = self.claims.iter().filter(|c| c.check == check).collect();
+            if these.is_empty() {
+                continue;
+            }
+            writeln!(h, "<h2>{}</h2>\n<table>\n<tr><th>{column}</th><th>measured (means over seeds; ± standard error)</th><th>result</th></tr>", e(heading)).ok();
+            for c in these {
+                let v = verdict(c.pass);
+                writeln!(h, "<tr><td>{}</td><td>{}</td><td class=\"{v}\">{v}</td></tr>", code_spans(&c.text), code_spans(&c.measured)).ok();
+            }
+            writeln!(h, "</table>").ok();
+        }
+        writeln!(h, "<h2>Final values</h2>\n<div style=\"overflow-x: auto\">\n<table>").ok();
+        let class = |i: usize| if i >= 2 && i < 2 + self.claimed { " class=\"claimed\"" } else { "" };
+        let head: String = self.header.iter().enumerate().map(|(i, c)| format!("<th{}>{}</th>", class(i), e(c))).collect();
+        writeln!(h, "<tr>{head}</tr>").ok();
+        for cells in &self.body {
+            let row: String = cells.iter().enumerate().map(|(i, c)| format!("<td{}>{}</td>", class(i), e(c))).collect();
+            writeln!(h, "<tr>{row}</tr>").ok();
+        }
+        writeln!(h, "</table>\n</div>").ok();
+        if !self.plots.is_empty() {
+            writeln!(h, "<h2>Plots</h2>").ok();
+            for p in self.plots {
+                // The SVG inline (without its XML declaration), so the page needs no other file.
+                let svg = p.svg.trim_start().strip_prefix("<?xml").and_then(|rest| rest.split_once("?>")).map_or(p.svg.as_str(), |(_, s)| s);
+                writeln!(h, "<figure id=\"{}\">\n{}\n<figcaption>{} (<code>{}</code>)</figcaption>\n</figure>", e(&p.file), svg.trim(), e(&p.title), e(&p.file)).ok();
+            }
+        }
+        writeln!(h, "</body>\n</html>").ok();
+        h
+    }
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
         }
     }
-    write_atomic(&exp_dir.join("table.md"), md.as_bytes())?;
-    Ok(Report { markdown: md, claims })
+    out
+}
+
+/// Escaped text with markdown's `code` spans as <code> (claims and notes use them for names).
+fn code_spans(text: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in text.split('`').enumerate() {
+        if i % 2 == 1 {
+            out.push_str(&format!("<code>{}</code>", html_escape(part)));
+        } else {
+            out.push_str(&html_escape(part));
+        }
+    }
+    out
+}
+
+/// The experiment recorded in `exp_dir`, or, without `experiment.json` (a copied results
+/// folder), the runs found on disk.
+pub fn load_experiment(exp_dir: &Path) -> Result<Experiment> {
+    match Experiment::read(exp_dir) {
+        Ok(e) => Ok(e),
+        Err(_) => discover(exp_dir),
+    }
 }
 
 /// Without `experiment.json` (a copied results folder), take the runs found on disk.

@@ -232,6 +232,7 @@ pub fn run_all(plans: &[RunPlan], exp_dir: &Path, settings: &RunSettings, force:
             _ => {}
         }
     };
+    let mut progress = SweepProgress::new(exp_dir, todo.len(), settings.progress != ProgressMode::Quiet);
     if settings.jobs <= 1 {
         for plan in &todo {
             if context::cancel_requested() {
@@ -239,10 +240,11 @@ pub fn run_all(plans: &[RunPlan], exp_dir: &Path, settings: &RunSettings, force:
                 break;
             }
             let status = execute(plan, &run_dir(exp_dir, &plan.id), settings)?;
+            progress.finished(status);
             record(&plan.id, status, &mut outcome);
         }
     } else {
-        for (id, status) in run_children(&todo, exp_dir, settings)? {
+        for (id, status) in run_children(&todo, exp_dir, settings, &mut progress)? {
             record(&id, status, &mut outcome);
         }
     }
@@ -251,8 +253,53 @@ pub fn run_all(plans: &[RunPlan], exp_dir: &Path, settings: &RunSettings, force:
     Ok(outcome)
 }
 
+/// The sweep's overall progress line, printed as each run ends (beside each run's own line):
+/// runs done of those to do, how they ended, time so far and the estimate of what is left.
+struct SweepProgress {
+    label: String,
+    total: usize,
+    done: usize,
+    by_status: BTreeMap<&'static str, usize>,
+    start: std::time::Instant,
+    show: bool,
+}
+
+impl SweepProgress {
+    fn new(exp_dir: &Path, total: usize, show: bool) -> Self {
+        let label = exp_dir.file_name().map_or_else(|| exp_dir.display().to_string(), |n| n.to_string_lossy().to_string());
+        SweepProgress { label, total, done: 0, by_status: BTreeMap::new(), start: std::time::Instant::now(), show }
+    }
+
+    fn finished(&mut self, status: Status) {
+        self.done += 1;
+        *self.by_status.entry(status.as_str()).or_default() += 1;
+        if self.show {
+            eprintln!("{}", self.line(self.start.elapsed().as_secs_f64()));
+        }
+    }
+
+    /// `[sweep name] 3/9 runs done (ok 3) · 41 s · ETA 82 s`; the ETA is the mean wall time per
+    /// finished run so far times the runs left (runs in parallel count as they finish).
+    fn line(&self, elapsed: f64) -> String {
+        let ended: Vec<String> = self.by_status.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        let left = self.total.saturating_sub(self.done);
+        let eta = if left == 0 { "done".to_string() } else { format!("ETA {}", human_secs(elapsed / self.done as f64 * left as f64)) };
+        format!("[{}] {}/{} runs done ({}) · {} · {eta}", self.label, self.done, self.total, ended.join(", "), human_secs(elapsed))
+    }
+}
+
+/// `42 s`, `3 min 05 s`, `1 h 02 min`.
+fn human_secs(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {:02} s", s / 60, s % 60),
+        _ => format!("{} h {:02} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
 /// Runs each plan as `reglab run-one` in up to `jobs` child processes.
-fn run_children(todo: &[RunPlan], exp_dir: &Path, settings: &RunSettings) -> Result<Vec<(String, Status)>> {
+fn run_children(todo: &[RunPlan], exp_dir: &Path, settings: &RunSettings, progress: &mut SweepProgress) -> Result<Vec<(String, Status)>> {
     let exe = std::env::current_exe().context("cannot find the reglab executable to start child runs")?;
     let mut queue: VecDeque<&RunPlan> = todo.iter().collect();
     let mut running: Vec<(String, PathBuf, Child)> = vec![];
@@ -302,6 +349,7 @@ fn run_children(todo: &[RunPlan], exp_dir: &Path, settings: &RunSettings) -> Res
                         Status::Failed
                     }
                 };
+                progress.finished(status);
                 done.push((id, status));
             } else {
                 i += 1;
@@ -354,4 +402,22 @@ pub fn run_one(dir: &Path, settings: &RunSettings) -> Result<Status> {
         bail!("{} is empty", config_path.display());
     }
     execute(&plan, dir, settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_line_counts_runs_and_projects_the_mean_run_time() {
+        let mut p = SweepProgress::new(Path::new("results/grok"), 4, false);
+        p.finished(Status::Ok);
+        assert_eq!(p.line(30.0), "[grok] 1/4 runs done (ok 1) · 30 s · ETA 1 min 30 s");
+        p.finished(Status::Failed);
+        p.finished(Status::Ok);
+        assert_eq!(p.line(60.0), "[grok] 3/4 runs done (failed 1, ok 2) · 1 min 00 s · ETA 20 s");
+        p.finished(Status::Ok);
+        assert!(p.line(70.0).ends_with("· 1 min 10 s · done"));
+        assert_eq!(human_secs(3725.0), "1 h 02 min");
+    }
 }

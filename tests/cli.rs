@@ -545,3 +545,165 @@ fn real_fashion_mnist_counts_and_balance() {
     }
     assert_eq!(f64::try_from(raw.train_x.max()).unwrap(), 255.0);
 }
+
+/// The vertex lists of the SVG's polylines drawn in `stroke` (plotters writes upper-case hex).
+fn polylines(svg: &str, stroke: &str) -> Vec<usize> {
+    let doc = roxmltree::Document::parse(svg).unwrap_or_else(|e| panic!("the SVG does not parse as XML: {e}"));
+    doc.descendants()
+        .filter(|n| n.has_tag_name("polyline") && n.attribute("stroke") == Some(stroke))
+        .map(|n| n.attribute("points").unwrap_or_default().split_whitespace().count())
+        .collect()
+}
+
+/// The SVG's text elements, trimmed.
+fn svg_texts(svg: &str) -> Vec<String> {
+    let doc = roxmltree::Document::parse(svg).unwrap();
+    doc.descendants().filter(|n| n.has_tag_name("text")).filter_map(|n| n.text()).map(|t| t.trim().to_string()).collect()
+}
+
+/// Distinct steps at which the runs `ids` of `exp` logged `metric`.
+fn logged_steps(exp: &Path, ids: &[&str], metric: &str) -> usize {
+    let mut steps = std::collections::BTreeSet::new();
+    for id in ids {
+        let (_, rows) = read_csv(&exp.join("runs").join(id).join("metrics.csv"));
+        steps.extend(rows.into_iter().filter(|r| r[1] == metric).map(|r| r[0].clone()));
+    }
+    steps.len()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn find_on_path(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).flat_map(|d| names.iter().map(move |n| d.join(n))).find(|p| p.is_file())
+}
+
+#[test]
+fn report_draws_a_curve_per_variant_and_one_page_and_compares_two_copies() {
+    let dir = scratch("plots");
+    let spec = write(&dir, "tiny.yaml", &format!("{TINY}claims:\n  - {{ metric: test_acc, higher: stablemax, than: softmax }}\n"));
+    let out = run(&["run", spec.to_str().unwrap(), "--out", dir.join("res").to_str().unwrap(), "--threads", "1", "--jobs", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let exp = dir.join("res/tiny");
+    // The overall progress line and where the page and the figures are.
+    assert!(text(&out).contains("[tiny] 4/4 runs done (ok 4)"), "{}", text(&out));
+    assert!(text(&out).contains(&format!(">> report: {}", exp.join("report.html").display())), "{}", text(&out));
+
+    // One SVG per logged metric; in it one line per variant, with a vertex per logged step.
+    let svg = std::fs::read_to_string(exp.join("plots/test_acc.svg")).unwrap();
+    let steps = logged_steps(&exp, &["softmax__s0", "softmax__s1"], "test_acc");
+    assert!(steps >= 3);
+    assert_eq!(polylines(&svg, "#1F77B4"), vec![steps], "softmax, the first variant");
+    assert_eq!(polylines(&svg, "#FF7F0E"), vec![logged_steps(&exp, &["stablemax__s0", "stablemax__s1"], "test_acc")], "stablemax");
+    let texts = svg_texts(&svg);
+    assert!(texts.iter().any(|t| t == "step") && texts.iter().any(|t| t == "test_acc"), "axis names: {texts:?}");
+    assert!(texts.iter().any(|t| t == "softmax (n=2)") && texts.iter().any(|t| t == "stablemax (n=2)"), "legend: {texts:?}");
+    assert!(exp.join("plots/train_loss.svg").is_file());
+    // Claimed metrics lead the table; the table links the figures.
+    let table = std::fs::read_to_string(exp.join("table.md")).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("| variant | n | test_acc |")), "{table}");
+    assert!(table.contains("(plots/test_acc.svg)"), "{table}");
+
+    // The same results give the same bytes: a second report, and a report of a copy.
+    let html = std::fs::read_to_string(exp.join("report.html")).unwrap();
+    assert!(run(&["-q", "report", exp.to_str().unwrap()]).status.success());
+    assert_eq!(std::fs::read_to_string(exp.join("plots/test_acc.svg")).unwrap(), svg);
+    let copy = dir.join("copy/tiny");
+    copy_dir(&exp, &copy);
+    assert!(run(&["-q", "report", copy.to_str().unwrap()]).status.success());
+    assert_eq!(std::fs::read_to_string(copy.join("plots/test_acc.svg")).unwrap(), svg);
+    // The page holds the tables, the claims and every figure inline.
+    assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<code>test_acc</code>: stablemax &gt; softmax"), "claims in the page");
+    assert_eq!(html.matches("<svg").count(), std::fs::read_dir(exp.join("plots")).unwrap().count());
+    assert!(!html.contains("src=\"plots/"), "self-contained: no links to other files");
+
+    // Two directories of the same spec: side by side, every difference zero.
+    let cmp = run(&["report", exp.to_str().unwrap(), copy.to_str().unwrap()]);
+    assert!(cmp.status.success(), "{}", text(&cmp));
+    let md = String::from_utf8_lossy(&cmp.stdout).to_string();
+    let diffs: Vec<&str> = md.lines().filter(|l| l.starts_with("| softmax |") || l.starts_with("| stablemax |")).map(|l| l.trim_end_matches(" |").rsplit(" | ").next().unwrap()).collect();
+    assert!(diffs.len() >= 10 && diffs.iter().all(|d| *d == "0"), "{md}");
+    assert!(md.contains("Largest |B − A| of a mean: 0 (the two hold the same numbers)"), "{md}");
+    // A changed number shows up.
+    let s0 = copy.join("runs/softmax__s0/summary.csv");
+    let (h, mut rows) = read_csv(&s0);
+    let col = h.iter().position(|c| c == "test_acc").unwrap();
+    rows[0][col] = format!("{}", rows[0][col].parse::<f64>().unwrap() + 0.5);
+    let mut w = csv::Writer::from_path(&s0).unwrap();
+    w.write_record(&h).unwrap();
+    w.write_record(&rows[0]).unwrap();
+    w.flush().unwrap();
+    let md = text(&run(&["report", exp.to_str().unwrap(), copy.to_str().unwrap()]));
+    assert!(md.lines().any(|l| l.starts_with("| softmax | test_acc |") && l.ends_with("| 0.2500 |")), "{md}");
+
+    // The page in a real browser: no console errors, and the picture is not blank.
+    let Some(chromium) = find_on_path(&["chromium", "chromium-browser"]) else {
+        eprintln!("skipped the browser check of report.html: no chromium on PATH (`apt-get install chromium`, or `make browser`)");
+        return;
+    };
+    let shot = dir.join("shot.png");
+    let mut child = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0", "--window-size=1200,1600"])
+        .arg(format!("--user-data-dir={}", dir.join("chromium-profile").display()))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", exp.join("report.html").display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("chromium.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("headless chromium did not finish the screenshot in 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(dir.join("chromium.log")).unwrap_or_default();
+    assert!(!log.contains(":CONSOLE"), "console messages: {log}");
+    let decoder = png::Decoder::new(std::fs::File::open(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {log}")));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let channels = info.color_type.samples();
+    let pixels: Vec<&[u8]> = buf[..info.buffer_size()].chunks(channels).collect();
+    let inked = pixels.iter().filter(|p| p[..3] != [255, 255, 255]).count();
+    assert!(inked * 50 > pixels.len(), "the screenshot is (almost) blank: {inked} of {} pixels", pixels.len());
+    assert!(pixels.iter().any(|p| p[..3] == [31, 119, 180]), "the first variant's curve colour is on screen");
+}
+
+#[test]
+fn plot_draws_final_values_across_a_sweep_key() {
+    let dir = scratch("sweep-plot");
+    let spec = write(&dir, "sw.yaml", &format!("{TINY}sweep:\n  modulus: [5, 7, 11]\n"));
+    let out = run(&["-q", "run", spec.to_str().unwrap(), "--out", dir.join("res").to_str().unwrap(), "--threads", "1", "--jobs", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let exp = dir.join("res/sw");
+    let file = dir.join("acc.svg");
+    let out = run(&["plot", exp.to_str().unwrap(), "--metric", "test_acc", "--x", "modulus", "--out", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let svg = std::fs::read_to_string(&file).unwrap();
+    // A line per variant, a vertex per swept value.
+    assert_eq!(polylines(&svg, "#1F77B4"), vec![3]);
+    assert_eq!(polylines(&svg, "#FF7F0E"), vec![3]);
+    let texts = svg_texts(&svg);
+    assert!(texts.iter().any(|t| t == "modulus") && texts.iter().any(|t| t == "11"), "{texts:?}");
+    // A key that is not swept, and a metric never logged, are errors that say what is there.
+    let bad = run(&["plot", exp.to_str().unwrap(), "--metric", "test_acc", "--x", "hidden"]);
+    assert!(!bad.status.success() && text(&bad).contains("swept keys: modulus"), "{}", text(&bad));
+    let bad = run(&["plot", exp.to_str().unwrap(), "--metric", "test_accuracy"]);
+    assert!(!bad.status.success() && text(&bad).contains("`test_accuracy` was not logged"), "{}", text(&bad));
+    // Curves by default, into the experiment's plots/.
+    let out = run(&["plot", exp.to_str().unwrap(), "--metric", "train_loss"]);
+    assert!(out.status.success() && exp.join("plots/train_loss.svg").is_file(), "{}", text(&out));
+}
