@@ -23,7 +23,7 @@ CARGO   ?= cargo
 REGLAB  := target/release/reglab
 SPECS   := $(wildcard experiments/*.yaml)
 
-.PHONY: all build demo test run sweep tables bench clean torch env data browser $(SPECS:%=sweep-%)
+.PHONY: all build demo test test-slurm slurm-packages run sweep tables bench clean torch env data browser $(SPECS:%=sweep-%)
 
 all: build
 
@@ -47,6 +47,16 @@ demo: build
 # Tests run two at a time: one torch thread each (OMP_NUM_THREADS sets libtorch's default).
 test: $(TORCH_READY)
 	OMP_NUM_THREADS=1 $(CARGO) test --release -- --test-threads=2
+
+# `reglab slurm` against real daemons (munged, slurmctld, slurmd on loopback, as root): Debian's
+# Slurm packages are installed if missing. Under 5 minutes.
+SLURM_PACKAGES := slurmctld slurmd slurm-client munge
+slurm-packages:
+	@command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null || \
+	  { echo ">> apt-get install $(SLURM_PACKAGES)"; apt-get update -qq && apt-get install -y -qq $(SLURM_PACKAGES) >/dev/null; }
+
+test-slurm: $(TORCH_READY) slurm-packages
+	OMP_NUM_THREADS=1 $(CARGO) test --release --test slurm -- --ignored --nocapture
 
 # Headless Chromium for the test that opens report.html (skipped, with a note, without it).
 browser:

@@ -11,12 +11,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let tmp = dir.join(format!(".{name}.tmp.{}", unique_suffix()));
     let mut file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     file.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
     file.sync_all().ok();
     drop(file);
     std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+}
+
+/// `host.pid.n`: unique to this write among every process that may write the same folder — array
+/// tasks on other machines of a shared filesystem can have the same pid, and threads of one
+/// process the same pid and host.
+fn unique_suffix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}.{}.{n}", crate::params::sanitize(&crate::provenance::host()), std::process::id())
 }
 
 /// A CSV table (header + rows) as bytes.

@@ -20,6 +20,7 @@ pub mod reduce;
 pub mod report;
 pub mod robust;
 pub mod runner;
+pub mod slurm;
 pub mod spec;
 pub mod train;
 #[cfg(test)]

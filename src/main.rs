@@ -33,6 +33,9 @@ struct Cli {
 enum Command {
     /// Run every (variant × sweep point × seed) of each spec, then print its report.
     Run(RunArgs),
+    /// Submit the runs of specs as a Slurm job array (task I runs `run --shard I/N`); only
+    /// the tasks with unfinished runs are submitted, so the same command resubmits what is left.
+    Slurm(SlurmArgs),
     /// Parse, merge, expand and type-check every run's config without running.
     Validate(ExpandArgs),
     /// Every registered paper: key, title, arXiv id, and the experiment files that use it.
@@ -96,7 +99,7 @@ enum DataCommand {
     },
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ExpandArgs {
     /// Spec files (experiments/*.yaml).
     #[arg(required = true)]
@@ -134,6 +137,39 @@ struct RunArgs {
     out: PathBuf,
 }
 
+#[derive(Args)]
+struct SlurmArgs {
+    #[command(flatten)]
+    expand: ExpandArgs,
+    /// Tasks in the array (default: one per run, at most 100); lowered to the runs per spec.
+    #[arg(long, value_name = "N")]
+    array: Option<usize>,
+    /// Slurm partition (default: the cluster's default partition).
+    #[arg(long, value_name = "P")]
+    partition: Option<String>,
+    /// Time limit per task, in Slurm's format (e.g. 02:00:00).
+    #[arg(long, value_name = "T")]
+    time: Option<String>,
+    /// CPUs per task; the task runs that many runs at once (each with --threads torch threads).
+    #[arg(long, default_value_t = 1, value_name = "C")]
+    cpus_per_task: usize,
+    /// Generic resources per task, e.g. gpu:1.
+    #[arg(long, value_name = "G")]
+    gres: Option<String>,
+    /// Torch threads per run (default 1, as for `run`).
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Results root, as for `run` (on a filesystem every node sees).
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+    /// Print the batch script instead of submitting it.
+    #[arg(long)]
+    dry_run: bool,
+    /// Wait for the array to finish, then print the report.
+    #[arg(long)]
+    wait: bool,
+}
+
 /// Torch threads per run when `--threads` is not given.
 const DEFAULT_THREADS: i32 = 1;
 
@@ -167,12 +203,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
     match cli.command {
         Command::Run(args) => cmd_run(args, cli.quiet, &data_dir),
+        Command::Slurm(args) => cmd_slurm(args, cli.quiet, &data_dir),
         Command::Data(DataCommand::List) => cmd_data_list(&data_dir),
         Command::Data(DataCommand::Fetch { name, from }) => cmd_data_fetch(&data_dir, &name, from.as_deref(), cli.quiet),
         Command::Validate(args) => cmd_validate(args),
         Command::List => cmd_list(),
         Command::Show { key } => cmd_show(&key),
-        Command::Report { dirs, check } => cmd_report(&dirs, check),
+        Command::Report { dirs, check } => cmd_report(&dirs, check, cli.quiet),
         Command::Plot { dirs, metrics, x, out } => cmd_plot(&dirs, &metrics, &x, out.as_deref()),
         Command::RunOne { dir, device, threads, plain_progress } => {
             install_ctrl_c();
@@ -321,7 +358,7 @@ fn cmd_run(args: RunArgs, quiet: bool, data_dir: &Path) -> Result<ExitCode> {
         interrupted |= outcome.interrupted;
         let rep = report::report(&exp_dir)?;
         println!("{}", rep.markdown);
-        print_report_files(&rep);
+        print_report_files(&rep, quiet);
         if interrupted {
             break;
         }
@@ -340,7 +377,7 @@ fn cmd_run(args: RunArgs, quiet: bool, data_dir: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_report(dirs: &[PathBuf], check: bool) -> Result<ExitCode> {
+fn cmd_report(dirs: &[PathBuf], check: bool, quiet: bool) -> Result<ExitCode> {
     let mut all_pass = true;
     if let Some((a, b)) = same_spec_pair(dirs)? {
         let (md, _) = reglab::compare::compare(&a, &b)?;
@@ -353,13 +390,130 @@ fn cmd_report(dirs: &[PathBuf], check: bool) -> Result<ExitCode> {
             for exp in report::find_experiments(d)? {
                 let rep = report::report(&exp)?;
                 println!("{}", rep.markdown);
-                print_report_files(&rep);
+                print_report_files(&rep, quiet);
                 all_pass &= rep.all_pass();
             }
         }
     }
     if check && !all_pass {
         eprintln!("error: at least one claim did not PASS");
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_slurm(args: SlurmArgs, quiet: bool, data_dir: &Path) -> Result<ExitCode> {
+    use reglab::slurm::{self, ArrayJob, SbatchOptions};
+    if args.cpus_per_task == 0 {
+        bail!("--cpus-per-task must be at least 1");
+    }
+    let threads = args.threads.unwrap_or(DEFAULT_THREADS);
+    if threads < 1 {
+        bail!("--threads {threads}: must be at least 1");
+    }
+    // The runs as the tasks will expand them. The device is the tasks' to resolve (a login node
+    // may have no GPU), so it plays no part here: it does not enter a run's config.
+    let prepared = prepare(&ExpandArgs { device: Some("cpu".into()), ..args.expand.clone() })?;
+    for p in &prepared {
+        runner::check_data(&p.runs, data_dir).map_err(|e| anyhow::anyhow!("{}: {e}", p.spec.path.display()))?;
+    }
+    let total: usize = prepared.iter().map(|p| p.runs.len()).sum();
+    let per_spec = prepared.iter().map(|p| p.runs.len()).max().unwrap_or(0);
+    if per_spec == 0 {
+        bail!("the specs expand to no runs");
+    }
+    let mut tasks = args.array.unwrap_or(per_spec.min(100));
+    if tasks == 0 {
+        bail!("--array must be at least 1");
+    }
+    if tasks > per_spec {
+        eprintln!("--array {tasks}: a spec here has at most {per_spec} runs, so the array has {per_spec} tasks (a task runs the I-th slice of each spec)");
+        tasks = per_spec;
+    }
+    let out = std::path::absolute(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
+    let unfinished = |i: usize| -> usize {
+        prepared
+            .iter()
+            .map(|p| spec::shard(p.runs.clone(), (i, tasks)).iter().filter(|r| !runner::is_finished(&runner::run_dir(&out.join(&p.spec.name), &r.id), &r.config)).count())
+            .sum()
+    };
+    let pending: Vec<(usize, usize)> = (0..tasks).map(|i| (i, unfinished(i))).filter(|(_, n)| *n > 0).collect();
+    let left: usize = pending.iter().map(|(_, n)| n).sum();
+    if pending.is_empty() {
+        eprintln!("all {total} runs are finished (ok or diverged) in {}: nothing to submit", out.display());
+        return if args.wait { slurm_report(&prepared, &out, quiet) } else { Ok(ExitCode::SUCCESS) };
+    }
+    let mut run_args = vec!["--data-dir".to_string(), std::path::absolute(data_dir)?.display().to_string(), "run".to_string()];
+    for spec_path in &args.expand.specs {
+        run_args.push(std::path::absolute(spec_path)?.display().to_string());
+    }
+    if let Some(seeds) = &args.expand.seeds {
+        run_args.extend(["--seeds".to_string(), seeds.clone()]);
+    }
+    for set in &args.expand.sets {
+        run_args.extend(["--set".to_string(), set.clone()]);
+    }
+    if let Some(device) = &args.expand.device {
+        run_args.extend(["--device".to_string(), device.clone()]);
+    }
+    let jobs = (args.cpus_per_task / threads as usize).max(1);
+    run_args.extend(["--threads".to_string(), threads.to_string(), "--jobs".to_string(), jobs.to_string()]);
+    let job = ArrayJob {
+        name: prepared.iter().map(|p| p.spec.name.as_str()).collect::<Vec<_>>().join("+"),
+        tasks,
+        indices: pending.iter().map(|(i, _)| *i).collect(),
+        out: out.clone(),
+        workdir: std::env::current_dir()?,
+        exe: std::env::current_exe().context("cannot find the reglab executable for the tasks")?,
+        run_args,
+        options: SbatchOptions { partition: args.partition.clone(), time: args.time.clone(), cpus_per_task: args.cpus_per_task, gres: args.gres.clone() },
+    };
+    if args.dry_run {
+        print!("{}", job.script());
+        eprintln!("(dry run: {} task(s) of {tasks} for {left} unfinished of {total} runs; nothing submitted)", job.indices.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let id = slurm::submit(&job, left)?;
+    println!(
+        "submitted job {id}: array {} ({} of {tasks} tasks) for {left} unfinished of {total} runs; logs in {}",
+        slurm::array_list(&job.indices),
+        job.indices.len(),
+        out.join(slurm::SLURM_DIR).join("logs").display()
+    );
+    if !args.wait {
+        println!("follow it with `squeue -j {id}`; then `reglab report {}` (or run this command again with --wait)", out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let finished = || -> usize {
+        prepared.iter().map(|p| p.runs.iter().filter(|r| runner::is_finished(&runner::run_dir(&out.join(&p.spec.name), &r.id), &r.config)).count()).sum()
+    };
+    slurm::wait(&id, std::time::Duration::from_secs(10), |elapsed| {
+        if !quiet {
+            eprintln!("[slurm {id}] {}/{total} runs finished · {} s", finished(), elapsed.as_secs());
+        }
+    })?;
+    slurm_report(&prepared, &out, quiet)
+}
+
+/// After a job array: each spec's report, and exit 1 (saying how to go on) unless every run is ok.
+fn slurm_report(prepared: &[Prepared], out: &Path, quiet: bool) -> Result<ExitCode> {
+    let mut not_ok = 0;
+    for p in prepared {
+        let exp_dir = out.join(&p.spec.name);
+        for r in &p.runs {
+            let status = runner::read_summary(&runner::run_dir(&exp_dir, &r.id)).ok().and_then(|s| s.get("status").cloned());
+            if status.as_deref() != Some("ok") {
+                not_ok += 1;
+            }
+        }
+        if exp_dir.is_dir() {
+            let rep = report::report(&exp_dir)?;
+            println!("{}", rep.markdown);
+            print_report_files(&rep, quiet);
+        }
+    }
+    if not_ok > 0 {
+        eprintln!("{not_ok} run(s) did not end ok (failed, interrupted, diverged or never started): their summary.csv says why; run the same command again to resubmit the tasks with unfinished runs");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -375,7 +529,10 @@ fn same_spec_pair(dirs: &[PathBuf]) -> Result<Option<(PathBuf, PathBuf)>> {
 }
 
 /// Where the page and the figures of a report are (stderr, so the markdown on stdout stays clean).
-fn print_report_files(rep: &report::Report) {
+fn print_report_files(rep: &report::Report, quiet: bool) {
+    if quiet {
+        return;
+    }
     let plots = rep.plots.first().and_then(|p| p.parent()).map(|d| format!("; plots: {}/ ({} SVG)", d.display(), rep.plots.len())).unwrap_or_default();
     eprintln!(">> report: {}{plots}", rep.html.display());
 }
