@@ -43,6 +43,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn writers_racing_on_one_file_leave_one_whole_version_and_no_temp() {
+        // As two array tasks finishing at once rewrite summary.csv: with a temp name shared by
+        // writers (pid alone, from one process) one would truncate the other's file mid-write.
+        let dir = std::env::temp_dir().join(format!("reglab-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("summary.csv");
+        let versions: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 200_000]).collect();
+        std::thread::scope(|s| {
+            for v in &versions {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..20 {
+                        write_atomic(path, v).unwrap();
+                    }
+                });
+            }
+        });
+        let got = std::fs::read(&path).unwrap();
+        assert!(versions.contains(&got), "a mixed or truncated file ({} bytes)", got.len());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "temp files left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn atomic_write_replaces_and_leaves_no_temp() {
         let dir = std::env::temp_dir().join(format!("reglab-fs-{}", std::process::id()));
         let p = dir.join("a.csv");
