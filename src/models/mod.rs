@@ -4,6 +4,7 @@
 pub mod init;
 pub mod mlp;
 pub mod resnet;
+pub mod trees;
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};

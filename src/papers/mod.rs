@@ -12,6 +12,7 @@ pub mod disc_vs_gen;
 pub mod dual_smoothing;
 pub mod elr;
 pub mod ensloss;
+pub mod forest_smoothers;
 pub mod grokking_lazy_rich;
 pub mod lvm_smoothing;
 pub mod nested_coteaching;
@@ -38,6 +39,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<dual_smoothing::DualSmoothing>(),
         entry::<elr::Elr>(),
         entry::<ensloss::EnsLoss>(),
+        entry::<forest_smoothers::ForestSmoothers>(),
         entry::<grokking_lazy_rich::GrokkingLazyRich>(),
         entry::<lvm_smoothing::LvmSmoothing>(),
         entry::<nested_coteaching::NestedCoteaching>(),
