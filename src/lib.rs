@@ -10,6 +10,7 @@ pub mod device;
 pub mod fsutil;
 pub mod losses;
 pub mod models;
+pub mod numerics;
 pub mod ot;
 pub mod paper;
 pub mod papers;

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod formats;
 pub mod modular;
 pub mod npz;
+pub mod sem;
 pub mod sources;
 pub mod store;
 

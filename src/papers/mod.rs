@@ -7,6 +7,7 @@ use crate::paper::{entry, Entry};
 
 pub mod aggregate_responses;
 pub mod bo_rep;
+pub mod colide;
 pub mod comp_sum_losses;
 pub mod disc_vs_gen;
 pub mod dual_smoothing;
@@ -34,6 +35,7 @@ pub fn registry() -> Vec<Entry> {
     vec![
         entry::<aggregate_responses::AggregateResponses>(),
         entry::<bo_rep::BoRep>(),
+        entry::<colide::Colide>(),
         entry::<comp_sum_losses::CompSumLosses>(),
         entry::<disc_vs_gen::DiscVsGen>(),
         entry::<dual_smoothing::DualSmoothing>(),
