@@ -1,4 +1,4 @@
-//! The `reglab` command line: run, validate, list, show, report, plot, data.
+//! The `reglab` command line: run, slurm, validate, list, show, report, plot, data.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -15,6 +15,7 @@ pub mod elr;
 pub mod ensloss;
 pub mod forest_smoothers;
 pub mod grokking_lazy_rich;
+pub mod learned_prox;
 pub mod lvm_smoothing;
 pub mod nested_coteaching;
 pub mod optimistic_omd;
@@ -43,6 +44,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<ensloss::EnsLoss>(),
         entry::<forest_smoothers::ForestSmoothers>(),
         entry::<grokking_lazy_rich::GrokkingLazyRich>(),
+        entry::<learned_prox::LearnedProx>(),
         entry::<lvm_smoothing::LvmSmoothing>(),
         entry::<nested_coteaching::NestedCoteaching>(),
         entry::<optimistic_omd::OptimisticOmd>(),
