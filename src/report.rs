@@ -302,7 +302,8 @@ impl Page<'_> {
             writeln!(md, "| {column} | measured (means over seeds; ± standard error) | result |").ok();
             writeln!(md, "|---|---|---|").ok();
             for c in these {
-                writeln!(md, "| {} | {} | {} |", c.text, c.measured, verdict(c.pass)).ok();
+                // A `|` in a note would end the cell early.
+                writeln!(md, "| {} | {} | {} |", c.text.replace('|', "\\|"), c.measured.replace('|', "\\|"), verdict(c.pass)).ok();
             }
         }
         if !self.plots.is_empty() {
