@@ -935,6 +935,29 @@ mod tests {
     }
 
     #[test]
+    fn a_pipe_in_a_claim_stays_inside_its_cell_and_the_page_escapes_markup() {
+        let exp = Experiment {
+            name: "x".into(),
+            paper: "p".into(),
+            title: "t".into(),
+            arxiv: "0".into(),
+            spec_file: "s.yaml".into(),
+            groups: vec!["a".into()],
+            runs: vec![],
+            claims: vec![],
+            points: vec![],
+        };
+        let claims = vec![ClaimResult { text: "`m`: a ≥ 1 — |f| < 0.05 <b>".into(), measured: "a 2".into(), pass: Some(true), check: false }];
+        let page = Page { exp: &exp, header: vec!["variant".into(), "n".into()], body: vec![vec!["a".into(), "1/1".into()]], claimed: 0, claims: &claims, plots: &[] };
+        let md = page.markdown();
+        let row = md.lines().find(|l| l.contains("0.05")).unwrap();
+        let cell_bars = row.char_indices().filter(|&(i, c)| c == '|' && (i == 0 || row.as_bytes()[i - 1] != b'\\')).count();
+        assert_eq!(cell_bars, 4, "three cells: {row}");
+        let html = page.html();
+        assert!(html.contains("<code>m</code>") && html.contains("|f| &lt; 0.05 &lt;b&gt;") && !html.contains("<b>"), "{html}");
+    }
+
+    #[test]
     fn checks_are_reported_apart_from_claims() {
         let c = claim("{metric: acc, variant: a, at_most: 1, check: true}");
         assert!(c.check);
