@@ -145,13 +145,78 @@ pub fn entry<P: Paper>() -> Entry {
 
 #[cfg(test)]
 mod tests {
+    use anyhow::{bail, Result};
+    use serde::{Deserialize, Serialize};
     use serde_yaml::Value;
 
-    use crate::papers::find;
+    use super::*;
+    use crate::data::DataConfig;
+    use crate::train::supervised::TrainConfig;
 
-    /// The paper's defaults with one key path set, through the runner's `resolve`.
-    fn resolve(key: &str, path: &[&str], value: Value) -> anyhow::Result<Value> {
-        let entry = find(key).unwrap();
+    // Two stand-in papers, so these tests exercise the mechanism and know of no real paper.
+    mod classifier {
+        super::classifier_config! {
+            pub struct Config {
+                /// A key of the paper's own.
+                pub alpha: f64,
+            }
+        }
+    }
+
+    impl Default for classifier::Config {
+        fn default() -> Self {
+            classifier::Config { data: DataConfig::default(), model: Default::default(), train: TrainConfig::default(), alpha: 0.5 }
+        }
+    }
+
+    struct Classifier;
+    impl Paper for Classifier {
+        const KEY: &'static str = "test_classifier";
+        const TITLE: &'static str = "";
+        const ARXIV: &'static str = "";
+        type Config = classifier::Config;
+        fn check(c: &classifier::Config) -> Result<()> {
+            if !(0.0..=1.0).contains(&c.alpha) {
+                bail!("`alpha` must be in [0, 1]");
+            }
+            Ok(())
+        }
+        fn run(_: &classifier::Config, _: &mut RunCtx) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Reads `data` only when `use_data` is set, and always trains.
+    #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+    #[serde(deny_unknown_fields, default)]
+    struct TaskConfig {
+        use_data: bool,
+        data: DataConfig,
+        train: TrainConfig,
+    }
+
+    impl Blocks for TaskConfig {
+        fn data_block(&self) -> Option<&DataConfig> {
+            self.use_data.then_some(&self.data)
+        }
+        fn train_block(&self) -> Option<&TrainConfig> {
+            Some(&self.train)
+        }
+    }
+
+    struct TaskPaper;
+    impl Paper for TaskPaper {
+        const KEY: &'static str = "test_task";
+        const TITLE: &'static str = "";
+        const ARXIV: &'static str = "";
+        type Config = TaskConfig;
+        fn run(_: &TaskConfig, _: &mut RunCtx) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The entry's defaults with one key path set, through the runner's `resolve`.
+    fn resolve(entry: Entry, path: &[&str], value: Value) -> Result<Value> {
         let mut config = (entry.defaults)();
         let mut at = &mut config;
         for p in &path[..path.len() - 1] {
@@ -162,39 +227,40 @@ mod tests {
     }
 
     #[test]
-    fn the_runner_checks_the_shared_blocks_of_every_kind_of_config() {
-        // A classifier paper (blocks from `classifier_config!`), a hand-written one, and one whose
-        // `data` block is read only for one task: each bad block is refused, naming the key.
-        let err = resolve("elr", &["data", "test_fraction"], Value::from(1.5)).unwrap_err().to_string();
+    fn the_runner_checks_the_shared_blocks_before_the_papers_own_check() {
+        let c = entry::<Classifier>();
+        assert!(resolve(c, &["alpha"], Value::from(0.2)).is_ok());
+        let err = resolve(c, &["data", "test_fraction"], Value::from(1.5)).unwrap_err().to_string();
         assert!(err.contains("spec.yaml") && err.contains("data.test_fraction"), "{err}");
-        let err = resolve("elr", &["train", "epochs"], Value::from(0)).unwrap_err().to_string();
+        let err = resolve(c, &["train", "epochs"], Value::from(0)).unwrap_err().to_string();
         assert!(err.contains("train.epochs"), "{err}");
-        let err = resolve("weight_compander", &["train", "batch_size"], Value::from(0)).unwrap_err().to_string();
-        assert!(err.contains("train.batch_size"), "{err}");
-        let err = resolve("rrcm", &["data", "name"], Value::from("imagenet")).unwrap_err().to_string();
-        assert!(err.contains("data.name"), "{err}");
-        // z_loss reads `data` only for `task: data`; its prototype task ignores the block, and
-        // still checks `train`.
-        let z_loss = find("z_loss").unwrap();
-        let mut config = (z_loss.defaults)();
-        config["task"] = Value::from("prototypes");
+        let err = resolve(c, &["alpha"], Value::from(2.0)).unwrap_err().to_string();
+        assert!(err.contains("alpha"), "the paper's own check still runs: {err}");
+        assert_eq!((c.data)(&(c.defaults)()).unwrap().unwrap().name, DataConfig::default().name);
+    }
+
+    #[test]
+    fn a_data_block_read_only_for_some_tasks_is_checked_and_fetched_only_then() {
+        let t = entry::<TaskPaper>();
+        let mut config = (t.defaults)();
         config["data"]["name"] = Value::from("imagenet");
-        assert!((z_loss.resolve)(&config, "spec.yaml").is_ok());
-        assert!((z_loss.data)(&config).unwrap().is_none());
-        config["task"] = Value::from("data");
-        assert!((z_loss.resolve)(&config, "spec.yaml").unwrap_err().to_string().contains("data.name"));
+        assert!((t.resolve)(&config, "spec.yaml").is_ok());
+        assert!((t.data)(&config).unwrap().is_none());
+        config["use_data"] = Value::from(true);
+        assert!((t.resolve)(&config, "spec.yaml").unwrap_err().to_string().contains("data.name"));
         config["data"]["name"] = Value::from("digits");
-        assert_eq!((z_loss.data)(&config).unwrap().unwrap().name, "digits");
-        config["task"] = Value::from("prototypes");
+        assert_eq!((t.data)(&config).unwrap().unwrap().name, "digits");
+        config["use_data"] = Value::from(false);
         config["train"]["eval_every"] = Value::from(0);
-        assert!((z_loss.resolve)(&config, "spec.yaml").unwrap_err().to_string().contains("train.eval_every"));
+        assert!((t.resolve)(&config, "spec.yaml").unwrap_err().to_string().contains("train.eval_every"));
     }
 
     #[test]
     fn classifier_configs_keep_unknown_keys_an_error() {
-        let err = resolve("ps_kd", &["alpha_tt"], Value::from(0.5)).unwrap_err().to_string();
-        assert!(err.contains("alpha_tt"), "{err}");
-        let err = resolve("ps_kd", &["train", "epoch"], Value::from(3)).unwrap_err().to_string();
+        let c = entry::<Classifier>();
+        let err = resolve(c, &["alpah"], Value::from(0.5)).unwrap_err().to_string();
+        assert!(err.contains("alpah"), "{err}");
+        let err = resolve(c, &["train", "epoch"], Value::from(3)).unwrap_err().to_string();
         assert!(err.contains("epoch"), "{err}");
     }
 }

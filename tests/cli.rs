@@ -4,11 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_reglab"));
-    c.env_remove("RUST_LOG");
-    c
-}
+mod common;
+use common::{bin, text};
 
 /// A fresh scratch directory per test, removed when the test passes (kept for a look if it fails).
 struct Scratch(PathBuf);
@@ -43,10 +40,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 
 fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("reglab starts")
-}
-
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// A grokking spec small enough to run in well under a second per run.
