@@ -1,5 +1,5 @@
 //! PyTorch's default initialisation for `nn.Linear` and `nn.Conv2d`, for the modules whose official
-//! code relies on those defaults.
+//! code relies on those defaults; and Glorot-uniform, the default of Keras and Flux.jl.
 //!
 //! tch's defaults differ: `nn::linear` draws weights Kaiming-uniform with the ReLU gain,
 //! U(±√6/√fan_in), √6 ≈ 2.45× PyTorch's bound, and `nn::conv2d` does the same and zeroes the bias.
@@ -27,6 +27,20 @@ pub fn linear(vs: nn::Path, in_dim: i64, out_dim: i64, bias: bool) -> nn::Linear
 pub fn conv2d(vs: nn::Path, cin: i64, cout: i64, k: i64, cfg: nn::ConvConfig) -> nn::Conv2D {
     let init = torch_default(cin / cfg.groups * k * k);
     nn::conv2d(vs, cin, cout, k, nn::ConvConfig { ws_init: init, bs_init: init, ..cfg })
+}
+
+/// Keras's and Flux's default for convolutions: Glorot-uniform weights, U(±√(6/(fan_in + fan_out)))
+/// with fan_in = cin·k·k and fan_out = cout·k·k, and zero bias — for the modules whose official
+/// code is Keras or Flux.jl (a `Dense` layer applied per pixel is the k = 1 case).
+pub fn glorot_conv2d(vs: nn::Path, cin: i64, cout: i64, k: i64, cfg: nn::ConvConfig) -> nn::Conv2D {
+    let bound = (6.0 / ((cin / cfg.groups + cout) * k * k) as f64).sqrt();
+    nn::conv2d(vs, cin, cout, k, nn::ConvConfig { ws_init: nn::Init::Uniform { lo: -bound, up: bound }, bs_init: nn::Init::Const(0.0), ..cfg })
+}
+
+/// Keras's `Dense` and Flux's `Dense` default: Glorot-uniform weights U(±√(6/(in + out))), zero bias.
+pub fn glorot_linear(vs: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
+    let bound = (6.0 / (in_dim + out_dim) as f64).sqrt();
+    nn::linear(vs, in_dim, out_dim, nn::LinearConfig { ws_init: nn::Init::Uniform { lo: -bound, up: bound }, bs_init: Some(nn::Init::Const(0.0)), bias: true })
 }
 
 #[cfg(test)]
@@ -66,5 +80,18 @@ mod tests {
         assert_uniform(conv.bs.as_ref().unwrap(), 1.0 / 12.0, "conv bias");
         let grouped = conv2d(vs.root() / "g", 16, 1024, 3, nn::ConvConfig { groups: 4, bias: false, ..Default::default() });
         assert_uniform(&grouped.ws, 1.0 / 6.0, "grouped conv weight"); // fan_in 4·3·3 = 36
+    }
+
+    #[test]
+    fn glorot_layers_are_uniform_on_fan_in_plus_fan_out_with_zero_bias() {
+        tch::manual_seed(0);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let l = glorot_linear(vs.root() / "l", 1000, 2000);
+        assert_uniform(&l.ws, (6.0f64 / 3000.0).sqrt(), "glorot linear weight");
+        assert_eq!(l.bs.as_ref().unwrap().abs().max().double_value(&[]), 0.0);
+        let c = glorot_conv2d(vs.root() / "k", 16, 32, 3, Default::default());
+        // √(6/((16 + 32)·9)) = √(6/432); PyTorch's default would be 1/√144 = 1/12.
+        assert_uniform(&c.ws, (6.0f64 / 432.0).sqrt(), "glorot weight");
+        assert_eq!(c.bs.as_ref().unwrap().abs().max().double_value(&[]), 0.0);
     }
 }

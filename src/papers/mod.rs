@@ -9,6 +9,7 @@ pub mod aggregate_responses;
 pub mod bo_rep;
 pub mod colide;
 pub mod comp_sum_losses;
+pub mod deep_conjugate_direction;
 pub mod disc_vs_gen;
 pub mod dual_smoothing;
 pub mod elr;
@@ -38,6 +39,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<bo_rep::BoRep>(),
         entry::<colide::Colide>(),
         entry::<comp_sum_losses::CompSumLosses>(),
+        entry::<deep_conjugate_direction::DeepConjugateDirection>(),
         entry::<disc_vs_gen::DiscVsGen>(),
         entry::<dual_smoothing::DualSmoothing>(),
         entry::<elr::Elr>(),
