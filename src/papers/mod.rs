@@ -26,6 +26,7 @@ pub mod score_estimation;
 pub mod self_tuning_networks;
 pub mod sgd_stability;
 pub mod smoothinv;
+pub mod solver_heuristics;
 pub mod ps_kd;
 pub mod sparse_ot;
 pub mod stablemax_grokking;
@@ -56,6 +57,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<self_tuning_networks::SelfTuningNetworks>(),
         entry::<sgd_stability::SgdStability>(),
         entry::<smoothinv::SmoothInv>(),
+        entry::<solver_heuristics::SolverHeuristics>(),
         entry::<ps_kd::PsKd>(),
         entry::<sparse_ot::SparseOt>(),
         entry::<stablemax_grokking::StablemaxGrokking>(),
