@@ -21,7 +21,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::context::{Rng, RunCtx};
-use crate::data::sem::{er_dag, sample};
+use crate::data::sem::{random_dag, sample_with, Graph, NoiseDist};
 use crate::numerics::dag::{acyclicity, count_accuracy, is_dag, to_dag};
 use crate::numerics::dense::Mat;
 
@@ -52,13 +52,19 @@ pub enum Noise {
 pub struct Config {
     pub method: Method,
     pub d: usize,
-    /// Expected number of edges of the ER graph (2d: "ER2").
+    /// er (Erdős–Rényi, the default) or sf (scale-free).
+    pub graph: Graph,
+    /// Expected number of edges (2d: "ER2"/"SF2").
     pub edges: f64,
     /// If set, the expected edges are this many per node (ERk: k·d), overriding `edges` — for
     /// sweeps over d.
     pub edges_per_node: Option<f64>,
     pub n: usize,
     pub noise: Noise,
+    /// gaussian (default), exponential, gumbel or uniform. `variance`, `nv_low`, `nv_high` set the
+    /// square of the distribution's scale (its variance only for Gaussian and exponential noise),
+    /// as the official `simulate_linear_sem` takes numpy scales.
+    pub noise_type: NoiseDist,
     pub variance: f64,
     pub nv_low: f64,
     pub nv_high: f64,
@@ -85,10 +91,12 @@ impl Default for Config {
         Config {
             method: Method::ColideEv,
             d: 20,
+            graph: Graph::Er,
             edges: 40.0,
             edges_per_node: None,
             n: 1000,
             noise: Noise::Ev,
+            noise_type: NoiseDist::Gaussian,
             variance: 1.0,
             nv_low: 0.5,
             nv_high: 10.0,
@@ -288,12 +296,13 @@ impl crate::paper::Paper for Colide {
 
     fn run(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
         let rng: &mut Rng = ctx.rng();
-        let truth = er_dag(cfg.d, cfg.edges_per_node.map_or(cfg.edges, |k| k * cfg.d as f64), rng);
+        let truth = random_dag(cfg.graph, cfg.d, cfg.edges_per_node.map_or(cfg.edges, |k| k * cfg.d as f64), rng);
         let variances: Vec<f64> = match cfg.noise {
             Noise::Ev => vec![cfg.variance; cfg.d],
             Noise::Nv => (0..cfg.d).map(|_| cfg.nv_low + (cfg.nv_high - cfg.nv_low) * rng.uniform()).collect(),
         };
-        let x = sample(&truth, &variances, cfg.n, rng);
+        let scales: Vec<f64> = variances.iter().map(|v| v.sqrt()).collect();
+        let x = sample_with(&truth, &scales, cfg.noise_type, cfg.n, rng);
         let (cov, scale) = covariance(&x, cfg.n, cfg.d);
         let (w, _, iterations) = fit(cfg, &cov, &scale, Some(ctx))?;
         let est = to_dag(&w, cfg.threshold);
@@ -311,6 +320,7 @@ impl crate::paper::Paper for Colide {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::sem::{er_dag, sample};
 
     fn problem(seed: u64, d: usize, n: usize) -> (Mat, Mat, Vec<f64>, Vec<f64>) {
         let mut rng = Rng::new(seed);
