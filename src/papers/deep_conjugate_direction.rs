@@ -299,6 +299,9 @@ impl crate::paper::Paper for DeepConjugateDirection {
         let vs = nn::VarStore::new(device);
         tch::manual_seed(ctx.seed as i64);
         let net = DcdmNet::new(&vs.root(), cfg.filters);
+        // Progress counts training steps and then solved systems.
+        let train_steps = if cfg.solver == Solver::Dcdm { cfg.steps } else { 0 };
+        let total = (train_steps + cfg.test_n.len() * (cfg.test_smooth + cfg.test_random)) as u64;
         if cfg.solver == Solver::Dcdm {
             let (data, _) = training_rhs(cfg.train_n, cfg.rhs, cfg.low_band, cfg.low_scale, device);
             let mut opt = nn::Adam::default().build(&vs, cfg.lr)?;
@@ -324,13 +327,14 @@ impl crate::paper::Paper for DeepConjugateDirection {
                     ctx.log(step as u64, "train_loss", running / k as f64)?;
                     running = 0.0;
                 }
-                ctx.tick(step as u64, cfg.steps as u64)?;
+                ctx.tick(step as u64, total)?;
             }
         }
 
         // Test systems: drawn from their own stream so every solver of a seed sees the same ones.
         let mut rng = Rng::new(ctx.seed ^ 0xDCD3_7E57);
         let mut first_iters = None;
+        let mut done = train_steps as u64;
         for &n in &cfg.test_n {
             let a = sparse::poisson_2d(n);
             let ic0 = if cfg.solver == Solver::Ic0Pcg { Some(a.ic0()?) } else { None };
@@ -357,7 +361,8 @@ impl crate::paper::Paper for DeepConjugateDirection {
                 iters += k;
                 if *is_smooth { smooth += k } else { random += k }
                 converged += f64::from(u8::from(solve.converged));
-                ctx.tick(0, 0)?;
+                done += 1;
+                ctx.tick(done, total)?;
             }
             let total = systems.len() as f64;
             let mean = iters / total;
