@@ -5,6 +5,7 @@ use anyhow::Result;
 
 use crate::paper::{entry, Entry};
 
+pub mod aas_pinn;
 pub mod aggregate_responses;
 pub mod bo_rep;
 pub mod colide;
@@ -36,6 +37,7 @@ pub mod z_loss;
 /// Every paper, one line each.
 pub fn registry() -> Vec<Entry> {
     vec![
+        entry::<aas_pinn::AasPinn>(),
         entry::<aggregate_responses::AggregateResponses>(),
         entry::<bo_rep::BoRep>(),
         entry::<colide::Colide>(),
