@@ -403,7 +403,9 @@ fn a_user_npz_problem_is_solved_and_its_plan_written() {
     let dir = scratch("npz");
     let a = Tensor::from_slice(&[0.1f64, 0.2, 0.3, 0.25, 0.15]);
     let b = Tensor::from_slice(&[0.3f64, 0.2, 0.4, 0.1]);
-    let c = Tensor::rand([5, 4], (Kind::Double, tch::Device::Cpu));
+    // A fixed cost (an unseeded Tensor::rand here drew from torch's global generator, shared with
+    // the other tests' threads, so each run of the suite solved a different problem).
+    let c = Tensor::from_slice(&[0.62f64, 0.11, 0.93, 0.48, 0.27, 0.85, 0.04, 0.71, 0.39, 0.56, 0.18, 0.97, 0.83, 0.32, 0.65, 0.09, 0.44, 0.76, 0.23, 0.58]).view([5, 4]);
     let npz = dir.join("problem.npz");
     Tensor::write_npz(&[("a", &a), ("b", &b), ("C", &c)], &npz).unwrap();
     let spec = write(&dir, "mine.yaml", &format!("paper: sparse_ot\nparams: {{ instance: npz, npz_path: {}, k: 2, gamma: 0.5 }}\n", npz.display()));

@@ -37,8 +37,11 @@ pub fn sparse_simplex_projection(v: &Tensor, k: i64) -> Tensor {
     let (u, idx) = v.topk(k, 0, true, true);
     let cssv = u.cumsum(0, Kind::Double) - 1.0;
     let r = Tensor::arange_start(1, k + 1, (Kind::Double, v.device())).view([k, 1]);
-    // U_r − cssv_r / r > 0 holds on a prefix; rho is its length (≥ 1: at r = 1 the value is 1).
-    let rho = (&u - &cssv / &r).gt(0.0).sum_dim_intlist([0].as_slice(), true, Kind::Int64);
+    // U_r − cssv_r / r > 0 holds on a prefix; rho is its length (≥ 1: at r = 1 the value is 1 —
+    // but it rounds to 0 once |U| ≳ 1e16, and a NaN column fails every comparison, so rho is held
+    // at ≥ 1 rather than indexing out of range; a NaN then propagates to the objective, whose line
+    // search rejects it).
+    let rho = (&u - &cssv / &r).gt(0.0).sum_dim_intlist([0].as_slice(), true, Kind::Int64).clamp_min(1);
     let theta = cssv.gather(0, &(&rho - 1), false) / rho.to_kind(Kind::Double);
     let w = (u - theta).clamp_min(0.0);
     v.zeros_like().scatter(0, &idx, &w)
@@ -79,6 +82,22 @@ pub fn dual(alpha: &Tensor, beta: &Tensor, a: &Tensor, b: &Tensor, c: &Tensor, r
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn projection_never_indexes_out_of_range_on_huge_or_nan_columns() {
+        // Found by CI: an L-BFGS trial point with huge duals made rho 0 and gather(−1) panic.
+        let v = Tensor::from_slice(&[1e17f64, 3e16, 5.0, f64::NAN, 1.0, 2.0]).view([3, 2]);
+        let w = sparse_simplex_projection(&v, 2);
+        assert_eq!(w.size(), vec![3, 2]);
+        // The NaN column stays NaN (so the objective is NaN and rejected), the other is finite.
+        assert!(w.select(1, 1).isnan().any().int64_value(&[]) == 1);
+        assert!(w.select(1, 0).isfinite().all().int64_value(&[]) == 1);
+        // Ordinary columns are untouched by the guard: a point of the simplex with ≤ k nonzeros.
+        let v = Tensor::from_slice(&[0.3f64, 0.8, -1.0, 0.6]).view([4, 1]);
+        let w = sparse_simplex_projection(&v, 2);
+        assert!((w.sum(Kind::Double).double_value(&[]) - 1.0).abs() < 1e-12);
+        assert_eq!(w.gt(0.0).sum(Kind::Int64).int64_value(&[]), 2);
+    }
     use crate::testutil::f64s as v;
     use tch::Device;
 

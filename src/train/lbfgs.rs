@@ -75,8 +75,9 @@ pub fn minimize(mut f: impl FnMut(&Tensor) -> Result<(f64, Tensor)>, x0: Tensor,
         }
         let mut d = -q;
         let mut slope = dot(&g, &d);
-        if slope >= 0.0 {
-            // Not a descent direction (a nonsmooth kink): restart from steepest descent.
+        if !(slope < 0.0) {
+            // Not a descent direction (a nonsmooth kink, or a NaN from a degenerate curvature
+            // pair): restart from steepest descent.
             s_hist.clear();
             y_hist.clear();
             d = -&g / dot(&g, &g).sqrt();
