@@ -6,9 +6,10 @@
 //! The error norm and the controller follow OrdinaryDiffEq.jl, the solver the ERNODE code runs
 //! on: EEst = RMS over every element of the (batched) state of h·Σ(b_i − b̃_i)k_i /
 //! (atol + rtol·max(|y_n|, |y_{n+1}|)); a step is accepted iff EEst ≤ 1; the next step is
-//! h·clamp(γ·EEst^{−β₁}·EEst_prev^{β₂}, q_min, q_max) with γ 0.9, q_min 0.2, q_max 10 and
-//! OrdinaryDiffEq's PI defaults for a 5th-order method, β₁ = 7/50, β₂ = 2/25 (β₂ = 0, β₁ = 1/5 is
-//! the plain I controller); after a rejection h·max(q_min, γ·EEst^{−β₁}), never growing.
+//! h·clamp(γ·EEst^{−β₁}·EEst_prev^{β₂}, q_min, q_max) with γ 0.9, q_min 0.2, q_max 10 and the PI
+//! constants OrdinaryDiffEq gives Tsit5 (the solver of the ERNODE code), β₁ = 7/50, β₂ = 2/25
+//! (its own DP5 uses Hairer's 0.17 / 0.04; β₂ = 0, β₁ = 1/5 is the plain I controller); after a
+//! rejection h·max(q_min, γ·EEst^{−β₁}), never growing.
 //! Step sizes and accept/reject decisions are plain numbers (no gradient through them).
 
 use anyhow::{bail, Result};
@@ -48,7 +49,7 @@ pub fn dormand_prince() -> Tableau {
     }
 }
 
-/// Tolerances and controller constants; the defaults are OrdinaryDiffEq's for a 5th-order method.
+/// Tolerances and controller constants; the defaults are OrdinaryDiffEq's for Tsit5.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     pub rtol: f64,
@@ -360,5 +361,61 @@ mod tests {
         // The replay reproduces the adaptive solve's accepted path.
         let r = replay(&tab, &mut dynamics(&theta), &y0, 0.0, &hs, &opts);
         assert!((r.y - &s.y).abs().max().double_value(&[]) < 1e-14);
+    }
+
+    #[test]
+    fn error_norm_is_an_rms_scaled_by_atol_plus_rtol_times_the_state() {
+        let tab = dormand_prince();
+        let eest = |y: &[f64], rtol: f64, atol: f64| {
+            let y = Tensor::from_slice(y);
+            let opts = Options { rtol, atol, ..Default::default() };
+            let mut f = |_t: f64, y: &Tensor| -(y * y);
+            let k1 = f(0.0, &y);
+            attempt(&tab, &mut f, 0.0, &y, &k1, 0.05, &opts).2.double_value(&[])
+        };
+        // y' = −y². RMS: n identical components give one component's EEst (a sum would grow like √n).
+        let one = eest(&[0.8], 1e-3, 1e-9);
+        assert!((eest(&[0.8; 9], 1e-3, 1e-9) - one).abs() < 1e-12 * one);
+        // rtol-only scales by max(|y_n|, |y_{n+1}|) = |y₀| = 0.8 on this decaying solution, atol-only
+        // by 1: their ratio is 0.8 (swapped tolerances would give 1.25, the end state ≈ 0.77).
+        let rel = eest(&[0.8], 1e-6, 1e-300);
+        let abs = eest(&[0.8], 0.0, 1e-6);
+        assert!((abs / rel - 0.8).abs() < 1e-9, "{}", abs / rel);
+    }
+
+    #[test]
+    fn nfe_counts_every_call_of_the_dynamics() {
+        let tab = dormand_prince();
+        let calls = std::cell::Cell::new(0usize);
+        let opts = Options { rtol: 1e-9, atol: 1e-9, dt0: 1.0, ..Default::default() };
+        let mut f = |_t: f64, y: &Tensor| {
+            calls.set(calls.get() + 1);
+            y * -20.0
+        };
+        let s = solve(&tab, &mut f, &scalar(1.0), 0.0, 1.0, &opts).unwrap();
+        assert!(s.rejected >= 1, "the test wants a rejection on the way");
+        assert_eq!(s.nfe, calls.get());
+    }
+
+    #[test]
+    fn the_pi_controller_uses_the_previous_accepted_error() {
+        let tab = dormand_prince();
+        // A small first step so nothing is rejected: every next h is the PI rule on the last two
+        // accepted errors (the first with OrdinaryDiffEq's initial 1e−4).
+        let opts = Options { rtol: 1e-8, atol: 1e-8, dt0: 1e-4, ..Default::default() };
+        let s = solve(&tab, &mut |t, y: &Tensor| -y * (1.0 + t), &scalar(1.0), 0.0, 2.0, &opts).unwrap();
+        assert_eq!(s.rejected, 0);
+        let mut e_prev = 1e-4f64;
+        let mut checked = 0;
+        for w in s.steps.windows(2) {
+            let e = w[0].error.double_value(&[]);
+            let want = w[0].h * (0.9 * e.max(1e-10).powf(-7.0 / 50.0) * e_prev.powf(2.0 / 25.0)).clamp(0.2, 10.0);
+            if (w[1].t + w[1].h - 2.0).abs() > 1e-12 {
+                assert!((w[1].h - want).abs() < 1e-9 * want, "step at t {}: h {} vs {want}", w[1].t, w[1].h);
+                checked += 1;
+            }
+            e_prev = e.max(1e-4);
+        }
+        assert!(checked >= 5, "{checked}");
     }
 }
