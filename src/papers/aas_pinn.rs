@@ -127,8 +127,10 @@ pub fn source(x: &Tensor, a: f64) -> Tensor {
 }
 
 /// Δu of `u` at x [n, 2] by double autograd (with the graph kept, so it can be trained through).
+/// Points that already carry a graph (the flow's reparameterised samples) keep it, so the
+/// residual's gradient reaches the sampler; plain points become leaves.
 pub fn laplacian(u: &dyn Fn(&Tensor) -> Tensor, x: &Tensor) -> Tensor {
-    let x = x.detach().set_requires_grad(true);
+    let x = if x.requires_grad() { x.shallow_clone() } else { x.detach().set_requires_grad(true) };
     let value = u(&x).sum(x.kind());
     let g = Tensor::run_backward(&[&value], &[&x], true, true).remove(0);
     let mut lap = Tensor::zeros([x.size()[0]], (x.kind(), x.device()));
@@ -348,5 +350,25 @@ mod tests {
         // χ²(3) at p = 1e−5 is 25.9 (sampling without replacement only narrows the spread); a
         // sampler ∝ |r| without the +c, or without the normalisation, lands far beyond.
         assert!(chi2 < 25.9, "χ² = {chi2}, counts {counts}");
+    }
+
+    #[test]
+    fn the_residual_s_gradient_reaches_the_points_parameters() {
+        // AAS ascends E_p[r²(T_α(z))] through the samples: with x = T(θ), ∂r²/∂θ must flow (a
+        // detached x would leave the flow only its KL term).
+        let theta = Tensor::from_slice(&[0.45f64, 0.52]).set_requires_grad(true);
+        let x = theta.unsqueeze(0) * Tensor::from_slice(&[1.0f64, 0.9, 1.1]).unsqueeze(1);
+        let r2 = residual(&|x: &Tensor| x.select(1, 0).square() * x.select(1, 1), &x, 1000.0).square().sum(Kind::Double);
+        r2.backward();
+        let g = theta.grad();
+        assert!(g.abs().min().double_value(&[]) > 1e-6, "{g}");
+        // And by finite differences on θ₀.
+        let at = |d: f64| {
+            let th = Tensor::from_slice(&[0.45 + d, 0.52]);
+            let x = th.unsqueeze(0) * Tensor::from_slice(&[1.0f64, 0.9, 1.1]).unsqueeze(1);
+            residual(&|x: &Tensor| x.select(1, 0).square() * x.select(1, 1), &x, 1000.0).square().sum(Kind::Double).double_value(&[])
+        };
+        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+        assert!((fd - g.double_value(&[0])).abs() < 1e-6 * fd.abs().max(1.0), "fd {fd} vs {}", g.double_value(&[0]));
     }
 }
