@@ -111,19 +111,11 @@ mod tests {
     use super::*;
     use tch::Device;
 
-    /// A flow with fixed non-zero last layers (a deterministic pattern, not torch's global
-    /// generator, which tests running in parallel share), so the couplings actually move points.
+    /// A flow with fixed non-zero last layers (`testutil::fill_with_pattern`), so the couplings
+    /// actually move points.
     fn random_flow(vs: &nn::VarStore) -> BoxFlow {
         let f = BoxFlow::new(&vs.root(), 2, 4, 16);
-        tch::no_grad(|| {
-            for (name, mut v) in vs.variables() {
-                if name.contains("out") {
-                    let n = v.numel() as i64;
-                    let pattern = (Tensor::arange(n, (Kind::Float, Device::Cpu)) * 1.7).sin() * 0.3;
-                    let _ = v.copy_(&pattern.view(v.size().as_slice()));
-                }
-            }
-        });
+        crate::testutil::fill_with_pattern(vs, "out", 0.3);
         f
     }
 

@@ -247,15 +247,7 @@ mod tests {
         let mut vs = nn::VarStore::new(Device::Cpu);
         let m = NeuralOde::new(&vs.root(), 6, 16, 2);
         vs.double();
-        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        for (k, (_, mut v)) in vars.into_iter().enumerate() {
-            let n = v.numel() as i64;
-            let pattern = ((Tensor::arange(n, (Kind::Double, Device::Cpu)) * (0.9 + 0.37 * k as f64)).sin() * 2.0).view(v.size().as_slice());
-            tch::no_grad(|| {
-                let _ = v.copy_(&pattern);
-            });
-        }
+        crate::testutil::fill_with_pattern(&vs, "", 2.0);
         let z = (Tensor::arange(96, (Kind::Double, Device::Cpu)) * 0.61).sin().view([16, 6]);
         let opts = Options { rtol: 1e-7, atol: 1e-7, ..Default::default() };
         let before = m.integrate(&z, 1.0, &opts).unwrap();
