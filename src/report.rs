@@ -592,18 +592,22 @@ fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMa
         (&claim.than, claim.higher.as_ref().map(|h| (h, true)).or(claim.lower.as_ref().map(|l| (l, false))))
     {
         let margin = claim.margin.unwrap_or(0.0);
+        // A relative claim compares A with f·B: "A < 0.8·B" is "20 % below B".
+        let factor = claim.factor.unwrap_or(1.0);
         let op = if higher { ">" } else { "<" };
         // A − B > m reads "A > B + m"; B − A > m reads "A < B − m" (negative m flips the sign).
         let plus = higher == (margin > 0.0);
         let margin_text = if margin != 0.0 { format!(" {} {}", if plus { "+" } else { "−" }, fmt_num(margin.abs())) } else { String::new() };
-        let text = format!("`{m}`: {subject} {op} {than}{margin_text}{note}");
+        let factor_text = if claim.factor.is_some() { format!("{}·", fmt_num(factor)) } else { String::new() };
+        let text = format!("`{m}`: {subject} {op} {factor_text}{than}{margin_text}{note}");
         return match (group_mean(stats, planned, subject, m), group_mean(stats, planned, than, m)) {
             (Ok(a), Ok(b)) => {
-                let diff = if higher { a.mean - b.mean } else { b.mean - a.mean };
-                let se = se_diff(a.se, b.se);
+                let diff = if higher { a.mean - factor * b.mean } else { factor * b.mean - a.mean };
+                let se = se_diff(a.se, factor * b.se);
+                let ratio = if claim.factor.is_some() && b.mean != 0.0 { format!(", ratio {}", fmt_num(a.mean / b.mean)) } else { String::new() };
                 ClaimResult {
                     text,
-                    measured: format!("{subject} {} vs {than} {} (by {}{})", fmt_num(a.mean), fmt_num(b.mean), fmt_num(diff), spread(diff, se, margin)),
+                    measured: format!("{subject} {} vs {than} {} (by {}{}{ratio})", fmt_num(a.mean), fmt_num(b.mean), fmt_num(diff), spread(diff, se, margin)),
                     pass: Some(clears(diff, margin, a.mean.abs().max(b.mean.abs()))),
                     check: claim.check,
                 }
@@ -898,6 +902,20 @@ mod tests {
         assert_eq!(evaluate(&claim("{metric: acc, higher: a, than: b, margin: 0.3}"), &st).pass, Some(false));
         assert_eq!(evaluate(&claim("{metric: acc, lower: b, than: a}"), &st).pass, Some(true));
         assert_eq!(evaluate(&claim("{metric: acc, lower: a, than: b}"), &st).pass, Some(false));
+    }
+
+    #[test]
+    fn relative_claims_compare_with_a_factor_of_the_other_mean() {
+        // a 0.5 (se 0.1), b 0.8 (se 0.1): a < 0.8·b = 0.64 by 0.14; a < 0.6·b = 0.48 fails.
+        let st = stats_of(&[("a", &[0.4, 0.6], &[]), ("b", &[0.7, 0.9], &[])]);
+        let r = evaluate(&claim("{metric: acc, lower: a, than: b, factor: 0.8}"), &st);
+        assert_eq!(r.pass, Some(true));
+        assert!(r.text.contains("a < 0.8000·b"), "{}", r.text);
+        // SE of a − 0.8·b = √(0.1² + 0.08²) = 0.1281; ratio 0.625.
+        assert!(r.measured.contains("by 0.1400 ± 0.1281 SE") && r.measured.contains("ratio 0.6250"), "{}", r.measured);
+        assert_eq!(evaluate(&claim("{metric: acc, lower: a, than: b, factor: 0.6}"), &st).pass, Some(false));
+        assert_eq!(evaluate(&claim("{metric: acc, higher: b, than: a, factor: 1.5}"), &st).pass, Some(true));
+        assert_eq!(evaluate(&claim("{metric: acc, higher: b, than: a, factor: 1.7}"), &st).pass, Some(false));
     }
 
     #[test]

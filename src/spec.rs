@@ -52,7 +52,8 @@ pub struct Variant {
 }
 
 /// A claim checked on every report, on means over seeds. Exactly one form:
-/// `higher: A, than: B` / `lower: A, than: B` (with optional `margin`),
+/// `higher: A, than: B` / `lower: A, than: B` (with optional `margin`, and optional `factor` f for a
+/// relative claim: A > f·B or A < f·B, e.g. `lower: A, than: B, factor: 0.8` for "20 % lower"),
 /// `variant: A` with `at_least` and/or `at_most`, or a trend across sweep points:
 /// `variant: V, across: KEY, trend: increasing|decreasing|u_shaped|flat|slope` (see [`Trend`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -67,6 +68,9 @@ pub struct Claim {
     pub than: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin: Option<f64>,
+    /// `higher`/`lower` only: compare A with `factor`·B instead of B (relative claims).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,6 +262,9 @@ fn check_claim(claim: &Claim, points: &[GroupPoint], sweep: &Mapping) -> Result<
             if claim.margin.is_some_and(|m| !m.is_finite()) {
                 bail!("`margin` must be a finite number");
             }
+            if claim.factor.is_some_and(|f| !(f.is_finite() && f > 0.0)) {
+                bail!("`factor` must be a positive number (`lower: A, than: B, factor: 0.8` reads A < 0.8·B)");
+            }
         }
         (false, true) => {
             let v = claim.variant.as_ref().ok_or_else(|| anyhow!("`variant:` is missing"))?;
@@ -265,12 +272,12 @@ fn check_claim(claim: &Claim, points: &[GroupPoint], sweep: &Mapping) -> Result<
             if claim.at_least.is_none() && claim.at_most.is_none() {
                 bail!("give `at_least:` and/or `at_most:` with `variant:`");
             }
-            if claim.margin.is_some() {
-                bail!("`margin` applies only to `higher:`/`lower:` claims");
+            if claim.margin.is_some() || claim.factor.is_some() {
+                bail!("`margin` and `factor` apply only to `higher:`/`lower:` claims");
             }
         }
         _ => bail!(
-            "a claim is either `{{metric, higher|lower, than, margin?}}`, `{{metric, variant, at_least?, at_most?}}` or \
+            "a claim is either `{{metric, higher|lower, than, margin?, factor?}}`, `{{metric, variant, at_least?, at_most?}}` or \
              `{{metric, variant, across, trend, ...}}`"
         ),
     }
@@ -296,8 +303,8 @@ pub fn trend_groups<'a>(claim: &Claim, points: &'a [GroupPoint]) -> Vec<&'a Grou
 fn check_trend_claim(claim: &Claim, points: &[GroupPoint], sweep: &Mapping) -> Result<()> {
     let form = "a trend claim is `{metric, variant, across, trend, where?, margin?, at_least?, at_most?, log?}`";
     let trend = claim.trend.ok_or_else(|| anyhow!("`trend:` is missing: one of increasing, decreasing, u_shaped, flat, slope ({form})"))?;
-    if claim.higher.is_some() || claim.lower.is_some() || claim.than.is_some() {
-        bail!("`higher`/`lower`/`than` do not go with `trend:` ({form})");
+    if claim.higher.is_some() || claim.lower.is_some() || claim.than.is_some() || claim.factor.is_some() {
+        bail!("`higher`/`lower`/`than`/`factor` do not go with `trend:` ({form})");
     }
     let variant = claim.variant.as_ref().ok_or_else(|| anyhow!("`variant:` is missing ({form})"))?;
     let variants: Vec<&str> = points.iter().map(|p| p.variant.as_str()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
@@ -654,6 +661,11 @@ mod tests {
         let head = format!("{BASE}variants: [{{name: a}}, {{name: b}}]\n");
         assert!(spec(&format!("{head}claims: [{{metric: m, higher: a, than: b, margin: 0.1}}]\n")).is_ok());
         assert!(spec(&format!("{head}claims: [{{metric: m, variant: a, at_least: 0.9}}]\n")).is_ok());
+        assert!(spec(&format!("{head}claims: [{{metric: m, lower: a, than: b, factor: 0.8}}]\n")).is_ok());
+        for bad in ["{metric: m, lower: a, than: b, factor: 0}", "{metric: m, lower: a, than: b, factor: -1}", "{metric: m, variant: a, at_most: 1, factor: 0.8}"] {
+            let msg = spec(&format!("{head}claims: [{bad}]\n")).unwrap_err().to_string();
+            assert!(msg.contains("claims[0]") && msg.contains("`factor`"), "{bad}: {msg}");
+        }
         let msg = spec(&format!("{head}claims: [{{metric: m, higher: a, than: c}}]\n")).unwrap_err().to_string();
         assert!(msg.contains("claims[0]") && msg.contains("unknown variant `c`") && msg.contains("a, b"), "{msg}");
         let msg = spec(&format!("{head}claims: [{{metric: m, variant: a}}]\n")).unwrap_err().to_string();
