@@ -1,6 +1,9 @@
-//! Shared losses and classification metrics.
+//! Shared losses and metrics: classification, metric learning and retrieval.
 
 pub mod classify;
+pub mod metric_learning;
 pub mod metrics;
+pub mod ranking;
+pub mod retrieval;
 pub mod spherical;
 pub mod stablemax;
