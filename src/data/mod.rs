@@ -4,6 +4,7 @@
 pub mod block;
 pub mod catalog;
 pub mod formats;
+pub mod implicit;
 pub mod modular;
 pub mod npz;
 pub mod sem;

@@ -4,6 +4,7 @@
 pub mod flow;
 pub mod icnn;
 pub mod init;
+pub mod mf;
 pub mod mlp;
 pub mod resnet;
 pub mod trees;
