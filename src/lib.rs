@@ -1,7 +1,7 @@
 //! reglab: reproduce the methods of ML papers from YAML experiment specs on libtorch.
 //!
 //! The runner (`spec` → `runner` → `report`) is shared by every paper; a paper is one module
-//! under [`papers`] that uses the shared pieces (`data`, `models`, `train`, `losses`, `ot`).
+//! under [`papers`] that uses the shared pieces (`data`, `models`, `train`, `losses`, `ot`, `numerics`, `online`).
 
 pub mod compare;
 pub mod context;
@@ -11,6 +11,7 @@ pub mod fsutil;
 pub mod losses;
 pub mod models;
 pub mod numerics;
+pub mod online;
 pub mod ot;
 pub mod paper;
 pub mod papers;

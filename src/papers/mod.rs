@@ -20,7 +20,9 @@ pub mod grokking_lazy_rich;
 pub mod learned_prox;
 pub mod lvm_smoothing;
 pub mod nested_coteaching;
+pub mod neural_bandits;
 pub mod optimistic_omd;
+pub mod pld_recommender;
 pub mod orthogonal_conv;
 pub mod rrcm;
 pub mod score_estimation;
@@ -31,6 +33,7 @@ pub mod solver_heuristics;
 pub mod ps_kd;
 pub mod sparse_ot;
 pub mod stablemax_grokking;
+pub mod tcm_loss;
 pub mod weight_compander;
 pub mod z_loss;
 
@@ -52,7 +55,9 @@ pub fn registry() -> Vec<Entry> {
         entry::<learned_prox::LearnedProx>(),
         entry::<lvm_smoothing::LvmSmoothing>(),
         entry::<nested_coteaching::NestedCoteaching>(),
+        entry::<neural_bandits::NeuralBandits>(),
         entry::<optimistic_omd::OptimisticOmd>(),
+        entry::<pld_recommender::PldRecommender>(),
         entry::<orthogonal_conv::OrthogonalConv>(),
         entry::<rrcm::Rrcm>(),
         entry::<score_estimation::ScoreEstimation>(),
@@ -63,6 +68,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<ps_kd::PsKd>(),
         entry::<sparse_ot::SparseOt>(),
         entry::<stablemax_grokking::StablemaxGrokking>(),
+        entry::<tcm_loss::TcmLoss>(),
         entry::<weight_compander::WeightCompander>(),
         entry::<z_loss::ZLoss>(),
     ]

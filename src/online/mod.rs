@@ -1,0 +1,3 @@
+//! Online learning and bandit loops with exact regret bookkeeping.
+
+pub mod bandit;
