@@ -108,6 +108,13 @@ pub fn action_probabilities(method: Method, f: &[f64], cfg: &Config, ucb_bonus: 
     }
 }
 
+/// NeuralUCB-diag's bonus ν·√(gᵀZ⁻¹g/m) with Z kept as its diagonal (the note's scaling; Zhou et
+/// al.'s code puts the 1/m into Z instead, which with a data-dominated Z makes their bonus m× this).
+pub fn ucb_bonus(grads: &[Tensor], z_diag: &[Tensor], nu: f64, m: i64) -> f64 {
+    let s: f64 = grads.iter().zip(z_diag).map(|(g, z)| (g.square() / z).sum(Kind::Double).double_value(&[])).sum();
+    nu * (s / m as f64).sqrt()
+}
+
 /// The per-round regression loss on the played arms: square loss on rewards, or the log loss of
 /// σ(f̃) against the observed loss 1 − r (FastCB).
 fn regression_loss(method: Method, pred: &Tensor, reward: &Tensor) -> Tensor {
@@ -168,6 +175,8 @@ impl crate::paper::Paper for NeuralBandits {
         let mut z_diag: Vec<Tensor> = params.iter().map(|w| w.ones_like() * cfg.ucb_lambda).collect();
 
         let mut rng = Rng::new(ctx.seed ^ 0xBA4D);
+        // ε has its own generator, so a perturbed arm sees the same contexts as the others.
+        let mut pert_rng = Rng::new(ctx.seed ^ 0xE95);
         let mut regret = Regret::default();
         let mut history: Vec<(i64, i64, f32)> = Vec::new(); // (sample, arm, reward)
         let mut window_hits = 0.0;
@@ -175,7 +184,7 @@ impl crate::paper::Paper for NeuralBandits {
             let i = rng.below(n as u64) as i64;
             let label = ys[i as usize] as usize;
             let arms = disjoint_arms(&xs.get(i), k);
-            let pert = if cfg.perturbation > 0.0 { Some(perturbation(&params, &init, cfg.perturbation, &mut rng)) } else { None };
+            let pert = if cfg.perturbation > 0.0 { Some(perturbation(&params, &init, cfg.perturbation, &mut pert_rng)) } else { None };
             let f_t = {
                 let f = net.forward(&arms).squeeze_dim(1);
                 match &pert {
@@ -188,8 +197,7 @@ impl crate::paper::Paper for NeuralBandits {
                 let mut b = Vec::with_capacity(k as usize);
                 for a in 0..k {
                     let g = Tensor::run_backward(&[f_t.get(a)], &params, true, false);
-                    let s: f64 = g.iter().zip(&z_diag).map(|(g, z)| (g.square() / z).sum(Kind::Double).double_value(&[])).sum();
-                    b.push(cfg.ucb_nu * (s / cfg.hidden as f64).sqrt());
+                    b.push(ucb_bonus(&g, &z_diag, cfg.ucb_nu, cfg.hidden));
                 }
                 Some(b)
             } else {
@@ -296,6 +304,14 @@ mod tests {
             }
         }
         assert!((pert.double_value(&[]) - want_value).abs() < 1e-5);
+    }
+
+    #[test]
+    fn the_ucb_bonus_is_nu_root_g_zinv_g_over_m() {
+        let g = [Tensor::from_slice(&[1.0f32, 2.0]), Tensor::from_slice(&[3.0f32])];
+        let z = [Tensor::from_slice(&[2.0f32, 4.0]), Tensor::from_slice(&[9.0f32])];
+        // gᵀZ⁻¹g = ½ + 1 + 1 = 2.5; m 10, ν 2: 2·√0.25 = 1
+        assert!((ucb_bonus(&g, &z, 2.0, 10) - 1.0).abs() < 1e-6);
     }
 
     #[test]

@@ -218,11 +218,24 @@ fn drop_rate_at(step: usize, total: usize, rate: f64, ramp: f64) -> f64 {
     rate * (step as f64 / ramp_steps).min(1.0)
 }
 
+/// T-BPR's selection: the indices of the ⌈(1 − drop)·B⌉ smallest per-triple losses (at least one).
+pub fn kept_by_truncation(per_triple: &Tensor, drop: f64) -> Tensor {
+    let keep = ((1.0 - drop) * per_triple.size()[0] as f64).ceil().max(1.0) as i64;
+    per_triple.detach().sort(0, false).1.narrow(0, 0, keep)
+}
+
+/// The official MF regulariser: mean‖e_u‖² + mean‖e_i‖² + mean‖e_j‖² over the batch (no ½).
+pub fn embedding_l2(model: &Mf, u: &Tensor, i: &Tensor, j: &Tensor) -> Tensor {
+    let sq = |table: &Tensor, idx: &Tensor| table.index_select(0, idx).square().sum_dim_intlist([1].as_slice(), false, Kind::Float).mean(Kind::Float);
+    sq(&model.users, u) + sq(&model.items, i) + sq(&model.items, j)
+}
+
 struct Triples {
     users: Vec<i64>,
     pos: Vec<i64>,
     neg: Vec<i64>,
-    noisy: usize,
+    /// Whether each positive is an injected interaction.
+    noisy: Vec<bool>,
 }
 
 fn is_noisy(data: &Implicit, u: usize, item: i64) -> bool {
@@ -259,11 +272,11 @@ fn sample_batch(model: &Mf, data: &Implicit, cfg: &Config, resample: bool, rng: 
             let users: Vec<usize> = picks.iter().map(|&j| users[j / cfg.pool]).collect();
             let neg: Vec<i64> = picks.iter().map(|&j| neg[j / cfg.pool]).collect();
             let pos: Vec<i64> = picks.iter().map(|&j| pools[j / cfg.pool][j % cfg.pool]).collect();
-            let noisy = users.iter().zip(&pos).filter(|(u, i)| is_noisy(data, **u, **i)).count();
+            let noisy = users.iter().zip(&pos).map(|(u, i)| is_noisy(data, *u, *i)).collect();
             return Triples { users: users.iter().map(|&u| u as i64).collect(), pos, neg, noisy };
         }
     };
-    let noisy = users.iter().zip(&pos).filter(|(u, i)| is_noisy(data, **u, **i)).count();
+    let noisy = users.iter().zip(&pos).map(|(u, i)| is_noisy(data, *u, *i)).collect();
     Triples { users: users.iter().map(|&u| u as i64).collect(), pos, neg, noisy }
 }
 
@@ -338,28 +351,29 @@ impl crate::paper::Paper for PldRecommender {
         let (mut noisy_after, mut drawn_after) = (0usize, 0usize);
         for epoch in 0..cfg.epochs {
             let resample = epoch >= cfg.warmup_epochs;
-            let (mut loss_sum, mut noisy_epoch, mut drawn_epoch) = (0.0, 0usize, 0usize);
+            let (mut loss_sum, mut noisy_epoch, mut drawn_epoch, mut distinct) = (0.0, 0usize, 0usize, 0.0);
             for _ in 0..per_epoch {
                 let t = sample_batch(&model, &data, cfg, resample, &mut rng);
-                noisy_epoch += t.noisy;
-                drawn_epoch += t.pos.len();
+                let mut users = t.users.clone();
+                users.sort_unstable();
+                users.dedup();
+                distinct += users.len() as f64 / t.users.len() as f64;
                 let on = |v: &[i64]| Tensor::from_slice(v).to_device(device);
-                let (u, i, j) = (on(&t.users), on(&t.pos), on(&t.neg));
+                let (mut u, mut i, mut j) = (on(&t.users), on(&t.pos), on(&t.neg));
                 let mut per = bpr_per_triple(&model.score(&u, &i), &model.score(&u, &j));
-                let mut keep_u = u.shallow_clone();
-                let (mut keep_i, mut keep_j) = (i.shallow_clone(), j.shallow_clone());
+                let mut noisy = t.noisy.clone();
                 if cfg.method == Method::TruncatedBpr {
-                    let drop = drop_rate_at(step, total, cfg.drop_rate, cfg.drop_ramp);
-                    let keep = ((1.0 - drop) * per.size()[0] as f64).ceil().max(1.0) as i64;
-                    let (_, idx) = per.detach().sort(0, false);
-                    let kept = idx.narrow(0, 0, keep);
+                    let kept = kept_by_truncation(&per, drop_rate_at(step, total, cfg.drop_rate, cfg.drop_ramp));
                     per = per.index_select(0, &kept);
-                    keep_u = u.index_select(0, &kept);
-                    keep_i = i.index_select(0, &kept);
-                    keep_j = j.index_select(0, &kept);
+                    u = u.index_select(0, &kept);
+                    i = i.index_select(0, &kept);
+                    j = j.index_select(0, &kept);
+                    // only the kept positives are optimised
+                    noisy = Vec::<i64>::try_from(&kept)?.iter().map(|&k| t.noisy[k as usize]).collect();
                 }
-                let sq = |table: &Tensor, idx: &Tensor| table.index_select(0, idx).square().sum_dim_intlist([1].as_slice(), false, Kind::Float).mean(Kind::Float);
-                let reg = sq(&model.users, &keep_u) + sq(&model.items, &keep_i) + sq(&model.items, &keep_j);
+                noisy_epoch += noisy.iter().filter(|&&b| b).count();
+                drawn_epoch += noisy.len();
+                let reg = embedding_l2(&model, &u, &i, &j);
                 let loss = per.mean(Kind::Float) + reg * cfg.lambda_reg;
                 opt.backward_step(&loss);
                 loss_sum += loss.double_value(&[]);
@@ -370,7 +384,12 @@ impl crate::paper::Paper for PldRecommender {
                 drawn_after += drawn_epoch;
             }
             let e = epoch as u64 + 1;
-            ctx.log_all(e, &[("train_loss", loss_sum / per_epoch as f64), ("noisy_sample_rate", noisy_epoch as f64 / drawn_epoch as f64)])?;
+            // Distinct users per batch over the batch size (0.64 for 512 uniform draws from 500 users;
+            // far lower when the global softmax piles the batch onto a few users).
+            ctx.log_all(
+                e,
+                &[("train_loss", loss_sum / per_epoch as f64), ("noisy_sample_rate", noisy_epoch as f64 / drawn_epoch as f64), ("distinct_user_fraction", distinct / per_epoch as f64)],
+            )?;
             if (epoch + 1) % cfg.eval_every == 0 && epoch + 1 >= cfg.min_epochs {
                 let val = evaluate(&model, &val_mask, &data.val, &[20], cfg.ideal_dcg)[0];
                 ctx.log(e, "val_recall_at_20", val.0)?;
@@ -489,7 +508,7 @@ mod tests {
             let mut rng = Rng::new(9);
             let t = sample_batch(&model, &data, &cfg, true, &mut rng);
             assert!(t.users.iter().zip(&t.neg).all(|(u, j)| data.train[*u as usize].binary_search(j).is_err()));
-            t.noisy as f64 / t.pos.len() as f64
+            t.noisy.iter().filter(|&&b| b).count() as f64 / t.pos.len() as f64
         };
         let bpr = rate(Method::Bpr, 0.1);
         assert!((bpr - 0.5).abs() < 0.08, "{bpr}");
@@ -500,7 +519,27 @@ mod tests {
         // Before the warm-up ends every method samples like BPR.
         let cfg = Config { method: Method::Pld, batch_size: 400, ..Config::default() };
         let t = sample_batch(&model, &data, &cfg, false, &mut Rng::new(9));
-        assert!((t.noisy as f64 / 400.0 - 0.5).abs() < 0.08);
+        assert!((t.noisy.iter().filter(|&&b| b).count() as f64 / 400.0 - 0.5).abs() < 0.08);
+    }
+
+    #[test]
+    fn truncation_keeps_the_smallest_losses_and_the_regulariser_is_three_batch_means() {
+        let per = Tensor::from_slice(&[0.9f32, 0.1, 0.5, 2.0, 0.3]);
+        let mut kept = Vec::<i64>::try_from(kept_by_truncation(&per, 0.2)).unwrap();
+        kept.sort();
+        assert_eq!(kept, vec![0, 1, 2, 4], "⌈0.8·5⌉ = 4 smallest: the 2.0 goes");
+        assert_eq!(Vec::<i64>::try_from(kept_by_truncation(&per, 0.0)).unwrap().len(), 5);
+        assert_eq!(Vec::<i64>::try_from(kept_by_truncation(&per, 0.99)).unwrap(), vec![1]);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let mut mf = Mf::new(&vs.root(), 2, 3, 2, 0.1);
+        tch::no_grad(|| {
+            mf.users.copy_(&Tensor::from_slice(&[1.0f32, 2.0, 0.0, 3.0]).view([2, 2]));
+            mf.items.copy_(&Tensor::from_slice(&[1.0f32, 1.0, 2.0, 0.0, 0.0, 0.5]).view([3, 2]));
+        });
+        let idx = |v: &[i64]| Tensor::from_slice(v);
+        // users (0, 1): ‖·‖² 5, 9 → 7; positives (0, 1): 2, 4 → 3; negatives (2, 2): 0.25 → 0.25
+        let v = embedding_l2(&mf, &idx(&[0, 1]), &idx(&[0, 1]), &idx(&[2, 2])).double_value(&[]);
+        assert!((v - 10.25).abs() < 1e-6, "{v}");
     }
 
     #[test]
