@@ -105,6 +105,42 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * self.uniform()).cos()
     }
 
+    /// Gamma(shape, 1) by Marsaglia–Tsang (shape < 1 through the U^{1/shape} boost).
+    pub fn gamma(&mut self, shape: f64) -> f64 {
+        assert!(shape > 0.0, "gamma shape must be positive");
+        if shape < 1.0 {
+            let u = self.uniform().max(f64::MIN_POSITIVE);
+            return self.gamma(shape + 1.0) * u.powf(1.0 / shape);
+        }
+        let d = shape - 1.0 / 3.0;
+        let c = 1.0 / (9.0 * d).sqrt();
+        loop {
+            let x = self.normal();
+            let v = (1.0 + c * x).powi(3);
+            if v <= 0.0 {
+                continue;
+            }
+            let u = self.uniform().max(f64::MIN_POSITIVE);
+            if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+                return d * v;
+            }
+        }
+    }
+
+    /// A draw from Dirichlet(alpha): normalised independent Gamma(α_i) draws.
+    pub fn dirichlet(&mut self, alpha: &[f64]) -> Vec<f64> {
+        let g: Vec<f64> = alpha.iter().map(|&a| self.gamma(a)).collect();
+        let total: f64 = g.iter().sum();
+        if total > 0.0 {
+            g.iter().map(|x| x / total).collect()
+        } else {
+            // every draw underflowed (tiny α): all mass on one coordinate, as the limit has it
+            let mut v = vec![0.0; alpha.len()];
+            v[self.below(alpha.len() as u64) as usize] = 1.0;
+            v
+        }
+    }
+
     /// Fisher–Yates shuffle.
     pub fn shuffle<T>(&mut self, xs: &mut [T]) {
         for i in (1..xs.len()).rev() {
@@ -265,6 +301,30 @@ impl RunCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gamma_and_dirichlet_have_their_moments() {
+        let mut rng = Rng::new(11);
+        for shape in [0.3, 1.0, 2.5] {
+            let n = 40_000;
+            let xs: Vec<f64> = (0..n).map(|_| rng.gamma(shape)).collect();
+            let mean = xs.iter().sum::<f64>() / n as f64;
+            let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+            // Gamma(k, 1): mean k, variance k
+            assert!((mean - shape).abs() < 4.0 * (shape / n as f64).sqrt(), "shape {shape}: mean {mean}");
+            assert!((var - shape).abs() < 0.1 * shape, "shape {shape}: var {var}");
+        }
+        let alpha = [0.3, 0.3, 0.3, 0.3];
+        let mut m = [0.0; 4];
+        for _ in 0..20_000 {
+            let p = rng.dirichlet(&alpha);
+            assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12 && p.iter().all(|x| *x >= 0.0));
+            for (mi, pi) in m.iter_mut().zip(&p) {
+                *mi += pi / 20_000.0;
+            }
+        }
+        assert!(m.iter().all(|x| (x - 0.25).abs() < 0.01), "{m:?}");
+    }
 
     #[test]
     fn rng_is_deterministic_and_uniformish() {
