@@ -601,6 +601,14 @@ fn evaluate(claim: &Claim, stats: &BTreeMap<&str, GroupStats>, planned: &BTreeMa
         let factor_text = if claim.factor.is_some() { format!("{}·", fmt_num(factor)) } else { String::new() };
         let text = format!("`{m}`: {subject} {op} {factor_text}{than}{margin_text}{note}");
         return match (group_mean(stats, planned, subject, m), group_mean(stats, planned, than, m)) {
+            // A relative claim reads "A is f times B" only for a positive B (a negative B would turn
+            // "20 % lower" into "20 % further below zero").
+            (Ok(_), Ok(b)) if claim.factor.is_some() && b.mean <= 0.0 => ClaimResult {
+                text,
+                measured: format!("{than} {}: a relative (`factor`) claim needs a positive mean of the baseline", fmt_num(b.mean)),
+                pass: None,
+                check: claim.check,
+            },
             (Ok(a), Ok(b)) => {
                 let diff = if higher { a.mean - factor * b.mean } else { factor * b.mean - a.mean };
                 let se = se_diff(a.se, factor * b.se);
@@ -916,6 +924,10 @@ mod tests {
         assert_eq!(evaluate(&claim("{metric: acc, lower: a, than: b, factor: 0.6}"), &st).pass, Some(false));
         assert_eq!(evaluate(&claim("{metric: acc, higher: b, than: a, factor: 1.5}"), &st).pass, Some(true));
         assert_eq!(evaluate(&claim("{metric: acc, higher: b, than: a, factor: 1.7}"), &st).pass, Some(false));
+        // A non-positive baseline has no relative reading: UNKNOWN, with the reason.
+        let neg = stats_of(&[("a", &[0.4, 0.6], &[]), ("c", &[-0.7, -0.9], &[])]);
+        let r = evaluate(&claim("{metric: acc, lower: a, than: c, factor: 0.8}"), &neg);
+        assert!(r.pass.is_none() && r.measured.contains("positive mean"), "{}", r.measured);
     }
 
     #[test]
