@@ -141,6 +141,19 @@ impl Rng {
         }
     }
 
+    /// One index drawn from the distribution `p` (non-negative, summing to 1) by inversion; the
+    /// last index takes any rounding shortfall.
+    pub fn categorical(&mut self, p: &[f64]) -> usize {
+        let mut u = self.uniform();
+        for (i, q) in p.iter().enumerate() {
+            if u < *q {
+                return i;
+            }
+            u -= q;
+        }
+        p.len() - 1
+    }
+
     /// Fisher–Yates shuffle.
     pub fn shuffle<T>(&mut self, xs: &mut [T]) {
         for i in (1..xs.len()).rev() {

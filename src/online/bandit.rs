@@ -6,7 +6,6 @@
 //! label), the expected regret of round t is Σ_a p_a (μ* − μ_a), with no sampling noise, so two
 //! policies can be compared on far fewer rounds than their realised regret would need.
 
-use crate::context::Rng;
 
 /// SquareCB's inverse gap weighting of predicted rewards ŷ: with b = argmax ŷ,
 /// p_a = 1 / (K + γ(ŷ_b − ŷ_a)) for a ≠ b and p_b = 1 − Σ_{a≠b} p_a. γ = 0 is uniform, γ → ∞ greedy.
@@ -64,18 +63,6 @@ pub fn argmin(xs: &[f64]) -> usize {
     best
 }
 
-/// One draw from the distribution `p` by inversion.
-pub fn sample(p: &[f64], rng: &mut Rng) -> usize {
-    let mut u = rng.uniform();
-    for (i, q) in p.iter().enumerate() {
-        if u < *q {
-            return i;
-        }
-        u -= q;
-    }
-    p.len() - 1
-}
-
 /// Cumulative regret against the best arm of each round, realised and expected.
 #[derive(Debug, Default, Clone)]
 pub struct Regret {
@@ -99,6 +86,7 @@ impl Regret {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::Rng;
 
     #[test]
     fn the_notes_known_distributions() {
@@ -140,7 +128,7 @@ mod tests {
         let mut rng = Rng::new(5);
         let mut r = Regret::default();
         for _ in 0..t {
-            let a = sample(&p, &mut rng);
+            let a = rng.categorical(&p);
             r.record(&means, &p, a);
         }
         assert!((r.expected - t as f64 * (1.0 - q) * 0.3).abs() < 1e-6, "{}", r.expected);

@@ -309,17 +309,6 @@ pub fn update_estimates(mdp: &Mdp, pi: &Policy, path: &[(usize, f64)], gamma: f6
     Ok(blew_up)
 }
 
-fn sample(p: &[f64], rng: &mut Rng) -> usize {
-    let mut u = rng.uniform();
-    for (i, q) in p.iter().enumerate() {
-        if u < *q {
-            return i;
-        }
-        u -= q;
-    }
-    p.len() - 1
-}
-
 impl crate::paper::Blocks for Config {}
 
 impl crate::paper::Paper for AdversarialLinearMdp {
@@ -375,11 +364,11 @@ impl crate::paper::Paper for AdversarialLinearMdp {
             let mut path = Vec::with_capacity(h_n);
             let mut s = 0usize;
             for h in 0..h_n {
-                let a = sample(&pi[h][s], &mut rng);
+                let a = rng.categorical(&pi[h][s]);
                 let sa = s * a_n + a;
                 path.push((sa, losses[h][sa]));
                 if h + 1 < h_n {
-                    s = sample(&mdp.trans[h][sa], &mut rng);
+                    s = rng.categorical(&mdp.trans[h][sa]);
                 }
             }
             let blew_up = update_estimates(&mdp, &pi, &path, gamma, eta, &mut cum_hat)?;
@@ -506,11 +495,11 @@ mod tests {
             let mut path = vec![];
             let mut s = 0;
             for h in 0..mdp.horizon() {
-                let a = sample(&pi[h][s], &mut rng);
+                let a = rng.categorical(&pi[h][s]);
                 let sa = s * a_n + a;
                 path.push((sa, losses[h][sa]));
                 if h + 1 < mdp.horizon() {
-                    s = sample(&mdp.trans[h][sa], &mut rng);
+                    s = rng.categorical(&mdp.trans[h][sa]);
                 }
             }
             let mut one = zero();

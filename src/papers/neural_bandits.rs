@@ -27,7 +27,7 @@ use tch::{Kind, Tensor};
 use crate::context::{Rng, RunCtx};
 use crate::data::DataConfig;
 use crate::models::mlp::Mlp;
-use crate::online::bandit::{argmax, fastcb_probabilities, sample, squarecb_probabilities, Regret};
+use crate::online::bandit::{argmax, fastcb_probabilities, squarecb_probabilities, Regret};
 
 pub struct NeuralBandits;
 
@@ -205,7 +205,7 @@ impl crate::paper::Paper for NeuralBandits {
                 None
             };
             let p = action_probabilities(cfg.method, &f, cfg, bonus.as_deref());
-            let a = sample(&p, &mut rng);
+            let a = rng.categorical(&p);
             let reward = if a == label { 1.0 } else { 0.0 };
             let means: Vec<f64> = (0..k as usize).map(|j| if j == label { 1.0 } else { 0.0 }).collect();
             regret.record(&means, &p, a);

@@ -191,18 +191,6 @@ fn pool_of(list: &[i64], k: usize, rng: &mut Rng) -> Vec<i64> {
     idx[..k].iter().map(|&j| list[j]).collect()
 }
 
-/// One index from the categorical distribution `p` (sums to 1) by inversion.
-fn categorical(p: &[f64], rng: &mut Rng) -> usize {
-    let mut u = rng.uniform();
-    for (j, q) in p.iter().enumerate() {
-        if u < *q {
-            return j;
-        }
-        u -= q;
-    }
-    p.len() - 1
-}
-
 /// softmax(−ℓ/τ) of each row of `losses` [B, k] (per user) or of all of it (global), as f64 rows.
 pub fn resampling_probabilities(losses: &Tensor, tau: f64, per_user: bool) -> Vec<Vec<f64>> {
     let logits = (losses.to_kind(Kind::Double) / -tau).contiguous();
@@ -264,12 +252,12 @@ fn sample_batch(model: &Mf, data: &Implicit, cfg: &Config, resample: bool, rng: 
         });
         if cfg.method == Method::Pld {
             let p = resampling_probabilities(&losses, cfg.tau, true);
-            pools.iter().zip(&p).map(|(pool, pr)| pool[categorical(pr, rng)]).collect()
+            pools.iter().zip(&p).map(|(pool, pr)| pool[rng.categorical(pr)]).collect()
         } else {
             // Global: the batch's b positives drawn from one softmax over all b·k candidates; each
             // draw brings its own user and that user's negative.
             let p = resampling_probabilities(&losses, cfg.tau, false).remove(0);
-            let picks: Vec<usize> = (0..b).map(|_| categorical(&p, rng)).collect();
+            let picks: Vec<usize> = (0..b).map(|_| rng.categorical(&p)).collect();
             let users: Vec<usize> = picks.iter().map(|&j| users[j / cfg.pool]).collect();
             let neg: Vec<i64> = picks.iter().map(|&j| neg[j / cfg.pool]).collect();
             let pos: Vec<i64> = picks.iter().map(|&j| pools[j / cfg.pool][j % cfg.pool]).collect();
@@ -480,7 +468,7 @@ mod tests {
         let probs = [0.1, 0.6, 0.3];
         let mut counts = [0usize; 3];
         for _ in 0..20_000 {
-            counts[categorical(&probs, &mut rng)] += 1;
+            counts[rng.categorical(&probs)] += 1;
         }
         for (c, q) in counts.iter().zip(probs) {
             assert!((*c as f64 / 20_000.0 - q).abs() < 0.015, "{counts:?}");
