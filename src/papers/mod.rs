@@ -17,6 +17,7 @@ pub mod dual_smoothing;
 pub mod elr;
 pub mod ensloss;
 pub mod forest_smoothers;
+pub mod ftwt_pruning;
 pub mod grokking_lazy_rich;
 pub mod learned_prox;
 pub mod lvm_smoothing;
@@ -53,6 +54,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<elr::Elr>(),
         entry::<ensloss::EnsLoss>(),
         entry::<forest_smoothers::ForestSmoothers>(),
+        entry::<ftwt_pruning::FtwtPruning>(),
         entry::<grokking_lazy_rich::GrokkingLazyRich>(),
         entry::<learned_prox::LearnedProx>(),
         entry::<lvm_smoothing::LvmSmoothing>(),
