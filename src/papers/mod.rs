@@ -15,6 +15,7 @@ pub mod deep_conjugate_direction;
 pub mod disc_vs_gen;
 pub mod dual_smoothing;
 pub mod elr;
+pub mod fedld;
 pub mod ensloss;
 pub mod forest_smoothers;
 pub mod ftwt_pruning;
@@ -52,6 +53,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<disc_vs_gen::DiscVsGen>(),
         entry::<dual_smoothing::DualSmoothing>(),
         entry::<elr::Elr>(),
+        entry::<fedld::FedLd>(),
         entry::<ensloss::EnsLoss>(),
         entry::<forest_smoothers::ForestSmoothers>(),
         entry::<ftwt_pruning::FtwtPruning>(),

@@ -1,6 +1,7 @@
 //! Training pieces shared by the papers: optimizer wrappers and schedules beyond tch's own.
 
 pub mod coteaching;
+pub mod federated;
 pub mod lbfgs;
 pub mod optim;
 pub mod supervised;
