@@ -12,15 +12,16 @@ use crate::context::Rng;
 
 /// Splits sample indices among `clients` with per-class Dirichlet(α) proportions (Hsu et al. 2019):
 /// for each class, its shuffled samples are cut at the cumulative proportions p ~ Dir(α·1). The
-/// whole split is redrawn until every client holds at least `min_size` samples (the usual
-/// convention, e.g. FedLab's `min_require_size`), at most 1000 times. Small α: each client sees few
+/// whole split is redrawn until every client holds at least `min_size` samples (as FedLab's
+/// `min_require_size`), at most 1000 times. (FedLab and NIID-Bench also zero the share of clients
+/// that already hold N/m samples before each cut; this split does not, so client sizes vary more.) Small α: each client sees few
 /// classes; large α: every client's label mix approaches the global one.
 pub fn dirichlet_split(labels: &[i64], clients: usize, alpha: f64, min_size: usize, rng: &mut Rng) -> Result<Vec<Vec<i64>>> {
     if clients == 0 || !(alpha > 0.0) {
-        bail!("a Dirichlet split needs at least one client and α > 0 (got {clients} clients, α {alpha})");
+        bail!("a Dirichlet split needs `clients` ≥ 1 and `alpha` > 0 (got {clients} clients, α {alpha})");
     }
     if min_size * clients > labels.len() {
-        bail!("{clients} clients of at least {min_size} samples need {} samples; the data has {}", min_size * clients, labels.len());
+        bail!("{clients} `clients` of at least `min_client_size` {min_size} samples need {} samples; the data has {}", min_size * clients, labels.len());
     }
     let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
     for _ in 0..1000 {
@@ -52,7 +53,7 @@ pub fn dirichlet_split(labels: &[i64], clients: usize, alpha: f64, min_size: usi
 pub fn shard_split(labels: &[i64], clients: usize, shards_per_client: usize, rng: &mut Rng) -> Result<Vec<Vec<i64>>> {
     let shards = clients * shards_per_client;
     if shards == 0 || shards > labels.len() {
-        bail!("{clients} clients × {shards_per_client} shards need between 1 and {} shards", labels.len());
+        bail!("`clients` {clients} × `shards_per_client` {shards_per_client} must give between 1 and {} shards (one sample each at least)", labels.len());
     }
     let mut order: Vec<i64> = (0..labels.len() as i64).collect();
     rng.shuffle(&mut order);
