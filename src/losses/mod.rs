@@ -1,6 +1,7 @@
-//! Shared losses and metrics: classification, metric learning and retrieval.
+//! Shared losses and metrics: classification, metric learning and retrieval, invariance penalties.
 
 pub mod classify;
+pub mod invariance;
 pub mod metric_learning;
 pub mod metrics;
 pub mod ranking;

@@ -20,6 +20,7 @@ pub mod ensloss;
 pub mod forest_smoothers;
 pub mod ftwt_pruning;
 pub mod grokking_lazy_rich;
+pub mod hessian_alignment;
 pub mod learned_prox;
 pub mod lvm_smoothing;
 pub mod nested_coteaching;
@@ -58,6 +59,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<forest_smoothers::ForestSmoothers>(),
         entry::<ftwt_pruning::FtwtPruning>(),
         entry::<grokking_lazy_rich::GrokkingLazyRich>(),
+        entry::<hessian_alignment::HessianAlignment>(),
         entry::<learned_prox::LearnedProx>(),
         entry::<lvm_smoothing::LvmSmoothing>(),
         entry::<nested_coteaching::NestedCoteaching>(),
