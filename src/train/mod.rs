@@ -7,3 +7,4 @@ pub mod optim;
 pub mod supervised;
 pub mod orthograd;
 pub mod second_order;
+pub mod sharpness;
