@@ -7,6 +7,7 @@ pub mod icnn;
 pub mod init;
 pub mod mf;
 pub mod mlp;
+pub mod quant;
 pub mod resnet;
 pub mod trees;
 
