@@ -59,6 +59,26 @@ pub trait Blocks {
     }
 }
 
+/// Checks that each (key, value) is a finite number ≥ 0; the error names the key and the value.
+pub fn require_non_negative(values: &[(&str, f64)]) -> Result<()> {
+    for (key, v) in values {
+        if !(*v >= 0.0 && v.is_finite()) {
+            anyhow::bail!("`{key}` must be a finite non-negative number, got {v}");
+        }
+    }
+    Ok(())
+}
+
+/// Checks that each (key, value) is a finite number > 0 (learning rates, step sizes).
+pub fn require_positive(values: &[(&str, f64)]) -> Result<()> {
+    for (key, v) in values {
+        if !(*v > 0.0 && v.is_finite()) {
+            anyhow::bail!("`{key}` must be a finite positive number, got {v}");
+        }
+    }
+    Ok(())
+}
+
 /// Declares a classifier paper's `Config`: the shared `data`, `model` and `train` blocks first, then
 /// the paper's own keys (doc comments and attributes kept), with serde's `deny_unknown_fields` and
 /// defaults from the `Default` the paper writes, and its [`Blocks`]. A macro rather than a flattened
@@ -150,6 +170,17 @@ mod tests {
     use serde_yaml::Value;
 
     use super::*;
+
+    #[test]
+    fn range_checks_name_the_key_and_the_value() {
+        assert!(require_non_negative(&[("a", 0.0), ("b", 2.5)]).is_ok());
+        let e = require_non_negative(&[("a", 1.0), ("decay", -0.1)]).unwrap_err().to_string();
+        assert!(e.contains("`decay`") && e.contains("-0.1"), "{e}");
+        assert!(require_non_negative(&[("x", f64::NAN)]).is_err());
+        assert!(require_positive(&[("lr", 0.0)]).unwrap_err().to_string().contains("`lr`"));
+        assert!(require_positive(&[("lr", f64::INFINITY)]).is_err());
+        assert!(require_positive(&[("lr", 1e-3)]).is_ok());
+    }
     use crate::data::DataConfig;
     use crate::train::supervised::TrainConfig;
 

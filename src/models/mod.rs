@@ -9,6 +9,7 @@ pub mod mf;
 pub mod mlp;
 pub mod quant;
 pub mod resnet;
+pub mod state;
 pub mod trees;
 
 use anyhow::{bail, Result};

@@ -40,7 +40,8 @@ use crate::context::{Rng, RunCtx};
 use crate::data::block::Normalize;
 use crate::data::DataConfig;
 use crate::models::mlp::Mlp;
-use crate::train::federated::{self, dirichlet_split, fedavg, local_update, loss_and_accuracy, mean_std, shard_split, Local};
+use crate::models::state;
+use crate::train::federated::{dirichlet_split, fedavg, local_update, loss_and_accuracy, mean_std, shard_split, Local};
 
 pub struct FedLd;
 
@@ -265,10 +266,10 @@ impl FedLd {
             if step % cfg.eval_every == 0 || last {
                 let mut l = vec![];
                 for w in &locals {
-                    federated::set_weights(vs, w);
+                    state::load(vs, w);
                     l.push(part_idx.iter().map(|idx| Ok(loss_and_accuracy(model, x, y, idx)?.0)).collect::<Result<Vec<f64>>>()?);
                 }
-                federated::set_weights(vs, &new_global);
+                state::load(vs, &new_global);
                 let on_clients = part_idx.iter().map(|idx| loss_and_accuracy(model, x, y, idx)).collect::<Result<Vec<_>>>()?;
                 let g_loss: Vec<f64> = on_clients.iter().map(|(c, _)| *c).collect();
                 let accs: Vec<f64> = on_clients.iter().map(|(_, a)| *a).collect();
@@ -318,17 +319,11 @@ impl crate::paper::Paper for FedLd {
         if c.rounds == 0 || c.local_epochs == 0 || c.batch_size == 0 || c.eval_every == 0 {
             bail!("`rounds`, `local_epochs`, `batch_size` and `eval_every` must be at least 1");
         }
-        if !(c.lr > 0.0 && c.lr.is_finite()) {
-            bail!("`lr` must be a positive learning rate, got {}", c.lr);
-        }
+        crate::paper::require_positive(&[("lr", c.lr)])?;
         if !(0.0..1.0).contains(&c.momentum) {
             bail!("`momentum` must be in [0, 1), got {}", c.momentum);
         }
-        for (key, v) in [("weight_decay", c.weight_decay), ("prox_mu", c.prox_mu), ("margin_lambda", c.margin_lambda)] {
-            if !(v >= 0.0 && v.is_finite()) {
-                bail!("`{key}` must be a finite non-negative number, got {v}");
-            }
-        }
+        crate::paper::require_non_negative(&[("weight_decay", c.weight_decay), ("prox_mu", c.prox_mu), ("margin_lambda", c.margin_lambda)])?;
         if !(c.k_prop > 0.0 && c.k_prop <= 1.0) {
             bail!("`k_prop` must be in (0, 1], got {}", c.k_prop);
         }
@@ -352,7 +347,7 @@ impl crate::paper::Paper for FedLd {
         widths.extend(&cfg.hidden);
         widths.push(data.classes);
         let model = Mlp::new(&vs.root(), &widths, true);
-        let init = federated::weights(&vs);
+        let init = state::copy(&vs);
         let o = Self::train(cfg, cfg.margin_lambda, cfg.prox_mu, cfg.aggregation, &model, &vs, &init, &data, &parts, ctx.seed, ctx, "")?;
         ctx.set_final("best_test_acc", o.best_test_acc)?;
         ctx.set_final("client_acc_mean", o.client_acc.0)?;

@@ -38,7 +38,7 @@
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::context::{Rng, RunCtx};
@@ -46,7 +46,8 @@ use crate::data::block::Normalize;
 use crate::data::{Data, DataConfig};
 use crate::losses::classify::accuracy;
 use crate::models::flops::{chain_dense_macs, chain_macs, Layer};
-use crate::models::init;
+use crate::models::{init, state};
+use crate::train::optim::{OptimConfig, OptimKind, ScheduleKind};
 
 pub struct FtwtPruning;
 
@@ -304,8 +305,10 @@ pub fn mask_loss(layers: &[(Tensor, Tensor)]) -> Tensor {
     Tensor::stack(&per_layer, 0).mean(Kind::Float)
 }
 
-fn sgd(vs: &nn::VarStore, lr: f64, momentum: f64, wd: f64) -> Result<nn::Optimizer> {
-    Ok(nn::Sgd { momentum, dampening: 0.0, wd, nesterov: false }.build(vs, lr)?)
+/// SGD with momentum and coupled weight decay, and its step-decay or cosine schedule, as
+/// `train::optim` builds and evaluates them.
+fn sgd(lr: f64, momentum: f64, weight_decay: f64, schedule: ScheduleKind, milestones: &[u64], gamma: f64) -> OptimConfig {
+    OptimConfig { kind: OptimKind::Sgd, lr, momentum, weight_decay, schedule, milestones: milestones.to_vec(), gamma, ..Default::default() }
 }
 
 /// What an evaluation over a split measured.
@@ -369,13 +372,11 @@ impl FtwtPruning {
     /// Dense pretraining with SGD and momentum, cosine or step schedule, with the data block's augmentation.
     /// Logs `pretrain_train_ce` per epoch; progress counts epochs out of `total` (the run's).
     fn pretrain(cfg: &Config, model: &Cnn, vs: &nn::VarStore, data: &Data, ctx: &mut RunCtx, total: u64) -> Result<()> {
-        let mut opt = sgd(vs, cfg.pretrain_lr, cfg.momentum, cfg.weight_decay)?;
+        let schedule = if cfg.pretrain_milestones.is_empty() { ScheduleKind::Cosine } else { ScheduleKind::Multistep };
+        let optim = sgd(cfg.pretrain_lr, cfg.momentum, cfg.weight_decay, schedule, &cfg.pretrain_milestones, cfg.lr_gamma);
+        let mut opt = optim.build(vs)?;
         for epoch in 0..cfg.pretrain_epochs {
-            opt.set_lr(if cfg.pretrain_milestones.is_empty() {
-                cfg.pretrain_lr * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.pretrain_epochs as f64).cos()) / 2.0
-            } else {
-                cfg.pretrain_lr * cfg.lr_gamma.powi(cfg.pretrain_milestones.iter().filter(|&&m| m <= epoch).count() as i32)
-            });
+            opt.set_lr(optim.lr_at(epoch, cfg.pretrain_epochs));
             let (mut ce_sum, mut batches) = (0.0, 0usize);
             for idx in data.train.batches(cfg.batch_size, ctx.rng()) {
                 let x = data.augment.apply(&data.train.x.index_select(0, &idx), &data.image_shape, ctx.rng());
@@ -428,20 +429,6 @@ fn static_masks(model: &Cnn, x: &Tensor, keep: &[f64]) -> Vec<Tensor> {
     })
 }
 
-/// The variables of a store, copied (parameters and BatchNorm running statistics).
-fn snapshot(vs: &nn::VarStore) -> Vec<(String, Tensor)> {
-    vs.variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect()
-}
-
-fn restore(vs: &nn::VarStore, saved: &[(String, Tensor)]) {
-    let vars = vs.variables();
-    tch::no_grad(|| {
-        for (k, v) in saved {
-            let _ = vars[k].shallow_clone().copy_(v);
-        }
-    });
-}
-
 impl FtwtPruning {
     /// Fine-tunes the backbone (and, for FTWT, the predictors) from the pretrained weights, as
     /// `cifar.py` does: backbone SGD at `lr` with step decay (the only scheduler), predictors SGD
@@ -452,13 +439,14 @@ impl FtwtPruning {
     /// apart from the baseline); progress counts epochs from `progress.0` out of `progress.1`.
     #[allow(clippy::too_many_arguments)]
     fn finetune(cfg: &Config, model: &Cnn, vs: &nn::VarStore, heads: &nn::VarStore, data: &Data, method: Method, matched: &Matched, ctx: &mut RunCtx, prefix: &str, progress: (u64, u64), mut after_epoch: impl FnMut(u64, &Cnn)) -> Result<()> {
-        let mut opt = sgd(vs, cfg.lr, cfg.momentum, cfg.weight_decay)?;
-        let mut opt_heads = sgd(heads, cfg.predictor_lr, cfg.momentum, 0.0)?;
+        let optim = sgd(cfg.lr, cfg.momentum, cfg.weight_decay, ScheduleKind::Multistep, &cfg.milestones, cfg.lr_gamma);
+        let mut opt = optim.build(vs)?;
+        let mut opt_heads = sgd(cfg.predictor_lr, cfg.momentum, 0.0, ScheduleKind::Constant, &[], 1.0).build(heads)?;
         let mut mask_rng = Rng::new(ctx.seed ^ 0xF7A7_3A5C);
         let cooldown_epoch = (cfg.cooldown * cfg.epochs as f64).floor() as u64;
         for epoch in 0..cfg.epochs {
-            let decay = cfg.lr_gamma.powi(cfg.milestones.iter().filter(|&&m| m <= epoch).count() as i32);
-            opt.set_lr(cfg.lr * decay);
+            let lr = optim.lr_at(epoch, cfg.epochs);
+            opt.set_lr(lr);
             let weight = if epoch < cooldown_epoch { cfg.mask_loss_weight } else { 0.0 };
             let (mut ce_sum, mut mask_sum, mut batches) = (0.0, 0.0, 0usize);
             for idx in data.train.batches(cfg.batch_size, ctx.rng()) {
@@ -492,7 +480,7 @@ impl FtwtPruning {
             }
             let n = batches.max(1) as f64;
             ctx.log(epoch + 1, &format!("{prefix}train_ce"), ce_sum / n)?;
-            ctx.log(epoch + 1, &format!("{prefix}lr"), cfg.lr * decay)?;
+            ctx.log(epoch + 1, &format!("{prefix}lr"), lr)?;
             if method == Method::Ftwt {
                 ctx.log(epoch + 1, &format!("{prefix}mask_loss"), mask_sum / n)?;
             }
@@ -525,17 +513,8 @@ impl crate::paper::Paper for FtwtPruning {
         if c.criterion == Criterion::Uniform && c.threshold >= 1.0 {
             bail!("`threshold` with `criterion: uniform` is the share of channels dropped and must be below 1; got {}", c.threshold);
         }
-        let non_negative = [("delta", c.delta), ("mask_loss_weight", c.mask_loss_weight), ("weight_decay", c.weight_decay), ("lr_gamma", c.lr_gamma)];
-        for (key, v) in non_negative {
-            if !(v >= 0.0 && v.is_finite()) {
-                bail!("`{key}` must be a finite non-negative number, got {v}");
-            }
-        }
-        for (key, v) in [("lr", c.lr), ("pretrain_lr", c.pretrain_lr), ("predictor_lr", c.predictor_lr)] {
-            if !(v > 0.0 && v.is_finite()) {
-                bail!("`{key}` must be a positive learning rate, got {v}");
-            }
-        }
+        crate::paper::require_non_negative(&[("delta", c.delta), ("mask_loss_weight", c.mask_loss_weight), ("weight_decay", c.weight_decay), ("lr_gamma", c.lr_gamma)])?;
+        crate::paper::require_positive(&[("lr", c.lr), ("pretrain_lr", c.pretrain_lr), ("predictor_lr", c.predictor_lr)])?;
         if !(0.0..=1.0).contains(&c.cooldown) {
             bail!("`cooldown` is the share of the epochs with the mask loss on and must be in [0, 1], got {}", c.cooldown);
         }
@@ -582,14 +561,14 @@ impl crate::paper::Paper for FtwtPruning {
         let matched = match cfg.method {
             Method::Random | Method::Static => {
                 // The FTWT run this baseline is matched to, from the same pretrained weights.
-                let pretrained = snapshot(&vs);
+                let pretrained = state::copy(&vs);
                 Self::finetune(cfg, &model, &vs, &heads, &data, Method::Ftwt, &Matched::default(), ctx, "matched_ftwt_", (cfg.pretrain_epochs, total), |_, _| ())?;
                 let mut predicted = Masking::Predicted { r: cfg.threshold, delta: cfg.delta, criterion: cfg.criterion, decoupled: cfg.decoupled, softmax: cfg.softmax };
                 let on_train = evaluate(&model, &layers, &data.train.x, &data.train.y, &mut predicted)?;
                 let on_test = evaluate(&model, &layers, &data.test.x, &data.test.y, &mut predicted)?;
                 ctx.set_final("matched_ftwt_test_acc", on_test.acc)?;
                 ctx.set_final("matched_ftwt_flops_reduction", 1.0 - on_test.macs / dense_macs)?;
-                restore(&vs, &pretrained);
+                state::load(&vs, &pretrained);
                 let static_masks = if cfg.method == Method::Static { static_masks(&model, &data.train.x, &on_train.keep) } else { vec![] };
                 Matched { keep: on_train.keep, static_masks }
             }
@@ -624,6 +603,7 @@ mod tests {
     use crate::context::ProgressMode;
     use crate::data::sources::Raw;
     use crate::testutil::{f64s, fill_with_pattern};
+    use crate::train::optim::zero_grads;
     use tch::Device;
 
     fn gt(a: &[f64], r: f64) -> Vec<f64> {
@@ -692,15 +672,6 @@ mod tests {
         Tensor::from_slice(&v).view([n, 1, 8, 8])
     }
 
-    fn zero_grads(vs: &nn::VarStore) {
-        for v in vs.trainable_variables() {
-            let mut g = v.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
-    }
-
     fn grads_nonzero(vs: &nn::VarStore) -> bool {
         vs.trainable_variables().iter().any(|v| v.grad().defined() && v.grad().abs().sum(Kind::Double).double_value(&[]) > 0.0)
     }
@@ -712,12 +683,12 @@ mod tests {
         let y = Tensor::from_slice(&(0..16).map(|i| i % 3).collect::<Vec<i64>>());
         for decoupled in [true, false] {
             let mut masking = Masking::Predicted { r: 0.8, delta: 1e-5, criterion: Criterion::Mass, decoupled, softmax: true };
-            zero_grads(&vs);
-            zero_grads(&heads);
+            zero_grads(&vs.trainable_variables());
+            zero_grads(&heads.trainable_variables());
             model.forward(&x, true, &mut masking).0.cross_entropy_for_logits(&y).backward();
             assert!(grads_nonzero(&vs) && !grads_nonzero(&heads), "the task loss reaches the backbone only");
-            zero_grads(&vs);
-            zero_grads(&heads);
+            zero_grads(&vs.trainable_variables());
+            zero_grads(&heads.trainable_variables());
             let outs = model.forward(&x, true, &mut masking).1;
             let pairs: Vec<(Tensor, Tensor)> = outs.into_iter().map(|o| (o.logits.unwrap(), o.target.unwrap())).collect();
             mask_loss(&pairs).backward();
@@ -808,22 +779,6 @@ mod tests {
         let l = mask_loss(&[(Tensor::from_slice(&[2.0f32, -1.0]).view([1, 2]), Tensor::from_slice(&[1.0f32, 0.0]).view([1, 2]))]).double_value(&[]);
         let want = (1.0 + (-2.0f64).exp()).ln() + (1.0 + (-1.0f64).exp()).ln();
         assert!((l - want).abs() < 1e-6, "{l} vs {want}");
-    }
-
-    #[test]
-    fn restore_brings_back_weights_and_batchnorm_statistics() {
-        let (vs, _heads, model) = tiny_model();
-        let saved = snapshot(&vs);
-        let _ = model.forward(&images(16, 3), true, &mut Masking::None); // updates the running statistics
-        tch::no_grad(|| {
-            let _ = model.fc.ws.shallow_clone().fill_(7.0);
-        });
-        let changed = vs.variables().iter().filter(|(k, v)| f64s(v) != f64s(&saved.iter().find(|(n, _)| n == *k).unwrap().1)).count();
-        assert!(changed >= 1 + 2 * model.convs.len(), "the fc weight and every BN's running mean and var moved ({changed})");
-        restore(&vs, &saved);
-        for (k, v) in &saved {
-            assert_eq!(f64s(&vs.variables()[k]), f64s(v), "{k}");
-        }
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! copies), split by label skew (Dirichlet or shards, seeded); a round sends the global weights to
 //! every client, runs local SGD epochs there, and aggregates. FedAvg (the sample-size-weighted
 //! mean) and FedProx (μ/2·‖w − w_g‖² added to the local loss) live here as the baselines papers
-//! compare to; a paper with its own aggregation uses the same local loop and weight plumbing.
+//! compare to; a paper with its own aggregation uses the same local loop, and `models::state` for
+//! the weights (every variable in name order, buffers included, as a state dict).
 
 use anyhow::{bail, Result};
-use tch::nn::{self, Module, OptimizerConfig};
+use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::context::Rng;
+use crate::models::state;
+use crate::train::optim::{OptimConfig, OptimKind};
 
 /// Splits sample indices among `clients` with per-class Dirichlet(α) proportions (Hsu et al. 2019):
 /// for each class, its shuffled samples are cut at the cumulative proportions p ~ Dir(α·1). The
@@ -71,27 +74,6 @@ pub fn shard_split(labels: &[i64], clients: usize, shards_per_client: usize, rng
         .collect())
 }
 
-/// Every variable of `vs` (parameters and buffers, as a state dict holds them) in name order: the
-/// order every weight vector here uses.
-pub fn variables(vs: &nn::VarStore) -> Vec<Tensor> {
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    vars.into_iter().map(|(_, v)| v).collect()
-}
-
-/// A detached copy of the variables.
-pub fn weights(vs: &nn::VarStore) -> Vec<Tensor> {
-    variables(vs).iter().map(|v| v.detach().copy()).collect()
-}
-
-pub fn set_weights(vs: &nn::VarStore, w: &[Tensor]) {
-    tch::no_grad(|| {
-        for (mut v, x) in variables(vs).into_iter().zip(w) {
-            let _ = v.copy_(x);
-        }
-    });
-}
-
 /// FedAvg: Σ_k n_k w_k / Σ_k n_k, per tensor.
 pub fn fedavg(locals: &[Vec<Tensor>], sizes: &[f64]) -> Vec<Tensor> {
     assert_eq!(locals.len(), sizes.len(), "one size per client");
@@ -115,9 +97,9 @@ pub struct Local {
 /// Loads `global` into the model, trains on the rows `idx` of (`x`, `y`) with `loss(logits, y)`
 /// (plus FedProx's term), and returns the local weights and the mean training loss.
 pub fn local_update<M: Module>(model: &M, vs: &nn::VarStore, global: &[Tensor], x: &Tensor, y: &Tensor, idx: &[i64], cfg: &Local, rng: &mut Rng, loss: &dyn Fn(&Tensor, &Tensor) -> Tensor) -> Result<(Vec<Tensor>, f64)> {
-    set_weights(vs, global);
-    let mut opt = nn::Sgd { momentum: cfg.momentum, dampening: 0.0, wd: cfg.weight_decay, nesterov: false }.build(vs, cfg.lr)?;
-    let vars = variables(vs);
+    state::load(vs, global);
+    let mut opt = OptimConfig { kind: OptimKind::Sgd, lr: cfg.lr, momentum: cfg.momentum, weight_decay: cfg.weight_decay, ..Default::default() }.build(vs)?;
+    let vars = state::variables(vs);
     let device = y.device();
     let (mut total, mut steps) = (0.0, 0usize);
     for _ in 0..cfg.epochs {
@@ -135,7 +117,7 @@ pub fn local_update<M: Module>(model: &M, vs: &nn::VarStore, global: &[Tensor], 
             steps += 1;
         }
     }
-    Ok((weights(vs), total / steps.max(1) as f64))
+    Ok((state::copy(vs), total / steps.max(1) as f64))
 }
 
 /// Mean cross-entropy and accuracy of the model on the rows `idx` (no gradients).
@@ -238,7 +220,7 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = Mlp::new(&vs.root(), &[4, 8, 3], true);
         fill_with_pattern(&vs, "", 0.3);
-        let global = weights(&vs);
+        let global = state::copy(&vs);
         let mut r = Rng::new(0);
         let x = Tensor::from_slice(&(0..160).map(|_| r.normal() as f32).collect::<Vec<_>>()).view([40, 4]);
         let y = Tensor::from_slice(&(0..40).map(|i| i % 3).collect::<Vec<i64>>());

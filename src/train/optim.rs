@@ -97,6 +97,17 @@ impl OptimConfig {
     }
 }
 
+/// Zeroes the accumulated gradients of `params` (those that have one), for steps that run several
+/// backward passes themselves (SAM's two, a test's separate losses).
+pub fn zero_grads(params: &[tch::Tensor]) {
+    for p in params {
+        let mut g = p.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

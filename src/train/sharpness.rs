@@ -10,6 +10,8 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+use super::optim::zero_grads;
+
 /// The SAM neighbourhood.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sam {
@@ -24,15 +26,6 @@ pub struct SamStep {
     /// L(w) and L(w + ε).
     pub loss: f64,
     pub perturbed_loss: f64,
-}
-
-fn zero_grads(params: &[Tensor]) {
-    for p in params {
-        let mut g = p.grad();
-        if g.defined() {
-            let _ = g.zero_();
-        }
-    }
 }
 
 /// Computes ∇L(w + ε) into the `.grad` of `params` (w itself is left unchanged, bit for bit).
