@@ -19,6 +19,7 @@ pub mod fedld;
 pub mod ensloss;
 pub mod forest_smoothers;
 pub mod ftwt_pruning;
+pub mod gaqat;
 pub mod grokking_lazy_rich;
 pub mod hessian_alignment;
 pub mod learned_prox;
@@ -58,6 +59,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<ensloss::EnsLoss>(),
         entry::<forest_smoothers::ForestSmoothers>(),
         entry::<ftwt_pruning::FtwtPruning>(),
+        entry::<gaqat::Gaqat>(),
         entry::<grokking_lazy_rich::GrokkingLazyRich>(),
         entry::<hessian_alignment::HessianAlignment>(),
         entry::<learned_prox::LearnedProx>(),
