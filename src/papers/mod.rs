@@ -39,6 +39,7 @@ pub mod ps_kd;
 pub mod sparse_ot;
 pub mod stablemax_grokking;
 pub mod tcm_loss;
+pub mod udim;
 pub mod weight_compander;
 pub mod z_loss;
 
@@ -79,6 +80,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<sparse_ot::SparseOt>(),
         entry::<stablemax_grokking::StablemaxGrokking>(),
         entry::<tcm_loss::TcmLoss>(),
+        entry::<udim::Udim>(),
         entry::<weight_compander::WeightCompander>(),
         entry::<z_loss::ZLoss>(),
     ]
