@@ -364,9 +364,12 @@ mod tests {
         assert!((norm.double_value(&[]) - want).abs() < 1e-5, "{} vs {want}", norm.double_value(&[]));
         // The perturbed half centred at the clean mean: a pure shift of the perturbed half still
         // changes its variance, so the penalty is positive.
-        let (p2, _) = inconsistency(&[a.shallow_clone(), b.shallow_clone()], &[&a + 1.0, b.shallow_clone()]);
         // v_s = v_o + 1 on a's six elements: v̄ = v_o + ½, each half off by ½ on 6 of 8 elements.
+        let (p2, n2) = inconsistency(&[a.shallow_clone(), b.shallow_clone()], &[&a + 1.0, b.shallow_clone()]);
         assert!((p2.double_value(&[]) - 0.25 * 6.0 / 8.0).abs() < 1e-5, "{}", p2.double_value(&[]));
+        // The norm term is the perturbed half's.
+        let want2 = (&a + 1.0).square().sum(Kind::Double).double_value(&[]) / 8.0 / 6.0 + b.square().sum(Kind::Double).double_value(&[]) / 8.0 / 2.0;
+        assert!((n2.double_value(&[]) - want2).abs() < 1e-4, "{} vs {want2}", n2.double_value(&[]));
     }
 
     /// The input gradient of ρ‖∇_θ CE‖ (double backprop) against central finite differences.
@@ -436,5 +439,52 @@ mod tests {
         let b = shifts(&ones).into_iter().find(|(k, _)| *k == "blur").unwrap().1;
         assert!((b.get(0).get(0).get(3).get(3).double_value(&[]) - 1.0).abs() < 1e-6);
         assert!(get("noise").equal(&shifts(&x).into_iter().find(|(k, _)| *k == "noise").unwrap().1));
+    }
+
+    /// With ρ, η_x > 0 and λ = 0.5: the λ = 0 direction is SAM's on the clean batch (ε from the
+    /// clean gradient), and the λ-part is the gradient of the inconsistency term on the batch
+    /// x + η·∇ₓℓ_s/‖∇ₓℓ_s‖ (per sample), built here by hand from ℓ_s's definition.
+    #[test]
+    fn udim_direction_is_sam_plus_lambda_times_the_hand_built_inconsistency_gradient() {
+        let (vs, net) = net(2);
+        let params = vs.trainable_variables();
+        let (x, y) = batch(4, 9);
+        let grad_of = |cfg: &Config| {
+            udim_gradients(&net, &params, &x, &y, cfg).unwrap();
+            params.iter().map(|p| p.grad().copy()).collect::<Vec<_>>()
+        };
+        let base = Config { rho: 0.1, syn_lr: 0.7, worst_weight: 0.0, ..Default::default() };
+        let g0 = grad_of(&base);
+        let g_half = grad_of(&Config { worst_weight: 0.5, ..base.clone() });
+        sam_gradients(&params, &Sam { rho: 0.1, adaptive: false }, &mut || net.forward(&x).cross_entropy_for_logits(&y)).unwrap();
+        for (a, p) in g0.iter().zip(&params) {
+            assert!((a - p.grad()).abs().max().double_value(&[]) < 1e-6, "λ = 0 is SAM on the clean batch");
+        }
+        // The perturbed batch by hand.
+        let xs = x.copy().set_requires_grad(true);
+        let ce = net.forward(&xs).cross_entropy_for_logits(&y);
+        let g = Tensor::run_backward(&[&ce], &params, true, true);
+        let ls = &ce + flat_norm(&g) * 0.1;
+        let gx = Tensor::run_backward(&[&ls], &[&xs], false, false).pop().unwrap();
+        let mut rows = vec![];
+        for i in 0..4 {
+            let r = gx.get(i);
+            rows.push(&r / r.norm().double_value(&[]));
+        }
+        let syn = (&x + Tensor::stack(&rows, 0) * 0.7).detach();
+        let (_, g_inc) = gradients(&params, &mut || {
+            let h = net.features(&Tensor::cat(&[&x, &syn], 0));
+            let (gw, gb) = classifier_sample_grads(&h, &h.apply(&net.head), &Tensor::cat(&[&y, &y], 0));
+            let (p, n) = inconsistency(&[gw.narrow(0, 0, 4), gb.narrow(0, 0, 4)], &[gw.narrow(0, 4, 4), gb.narrow(0, 4, 4)]);
+            p + n
+        })
+        .unwrap();
+        let mut moved = 0.0;
+        for ((a, b), c) in g_half.iter().zip(&g0).zip(&g_inc) {
+            let d = (a - b - c * 0.5).abs().max().double_value(&[]);
+            assert!(d < 1e-5, "{d}");
+            moved += c.abs().sum(Kind::Double).double_value(&[]);
+        }
+        assert!(moved > 1e-4, "the inconsistency gradient is not zero here");
     }
 }
