@@ -37,14 +37,14 @@ pub fn grad_scale(numel: i64, levels: Levels) -> f64 {
     1.0 / ((numel as f64) * levels.qp.max(1.0)).sqrt()
 }
 
-/// x in the forward, x·scale in the backward.
-fn scale_grad(x: &Tensor, scale: f64) -> Tensor {
+/// x in the forward, x·scale in the backward (LSQ's gradient scaling of a step or offset).
+pub fn scale_grad(x: &Tensor, scale: f64) -> Tensor {
     let y = x * scale;
     (x - &y).detach() + y
 }
 
 /// ⌊x⌉ in the forward, identity in the backward.
-fn round_ste(x: &Tensor) -> Tensor {
+pub fn round_ste(x: &Tensor) -> Tensor {
     (x.round() - x).detach() + x
 }
 
@@ -53,6 +53,85 @@ fn round_ste(x: &Tensor) -> Tensor {
 pub fn lsq(v: &Tensor, step: &Tensor, levels: Levels, g: f64) -> Tensor {
     let s = scale_grad(step, g);
     round_ste(&(v / &s).clamp(-levels.qn, levels.qp)) * s
+}
+
+/// LSQ with an offset β (asymmetric quantisation): v̂ = clamp(⌊(v − β)/s⌉, −Q_N, Q_P)·s + β, the
+/// rounding straight-through and the gradients of both s and β scaled by `g` (as EQ-Net's
+/// quantisers scale them). `step` and `offset` broadcast over `v`; with β = 0 this is [`lsq`].
+pub fn lsq_affine(v: &Tensor, step: &Tensor, offset: &Tensor, levels: Levels, g: f64) -> Tensor {
+    let s = scale_grad(step, g);
+    let b = scale_grad(offset, g);
+    round_ste(&((v - &b) / &s).clamp(-levels.qn, levels.qp)) * s + b
+}
+
+/// How a post-training calibration searches clipping ranges: candidate k (0-based, k < `candidates`)
+/// clips at (1 − `shrink`·k) times the data's range, and the candidate with the smallest
+/// mean |v − v̂|^`power` wins (the first on ties). EQ-Net's defaults: 80 candidates, 0.01, 2.4.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClipSearch {
+    pub candidates: usize,
+    pub shrink: f64,
+    pub power: f64,
+}
+
+impl Default for ClipSearch {
+    fn default() -> Self {
+        ClipSearch { candidates: 80, shrink: 0.01, power: 2.4 }
+    }
+}
+
+/// The asymmetric offset [`clip_search`] returns on unsigned levels (EQ-Net's value).
+pub const UNSIGNED_OFFSET: f64 = -1e-9;
+
+/// Post-training calibration by a clip-ratio grid search (EQ-Net's `symmetric_init` /
+/// `asymmetric_init` and their per-channel forms): returns (step, offset), per row of `v` (dim 0,
+/// the output channels, shaped [C]) when `per_channel`, else scalars. For each candidate ratio r:
+/// - symmetric, signed levels: clip at ±r·max|v|, s = 2r·max|v|/(Q_N + Q_P), β = 0;
+/// - symmetric, unsigned levels: clip at [0, r·max|v|], s = r·max|v|/Q_P, β = 0;
+/// - asymmetric: clip at [r·min v, r·max v], s = r·(max − min)/(Q_N + Q_P), β = r·min + s·Q_N (the
+///   lowest level at the clipped minimum); on unsigned levels the offset returned is
+///   [`UNSIGNED_OFFSET`] = −1e-9 whatever the search scored, as EQ-Net stores it (not 0: a
+///   quantiser that uses |β| gets the gradient sign(β)·∂L/∂|β|, and sign(0) = 0 would freeze it).
+pub fn clip_search(v: &Tensor, levels: Levels, symmetric: bool, per_channel: bool, search: ClipSearch) -> (Tensor, Tensor) {
+    let rows = if per_channel && v.dim() > 1 { v.size()[0] } else { 1 };
+    let flat = v.detach().reshape([rows, -1]);
+    let span = levels.qn + levels.qp;
+    let (hi, lo) = if symmetric {
+        let m = flat.abs().amax([1i64].as_slice(), true);
+        let lo = if levels.qn == 0.0 { m.zeros_like() } else { -&m };
+        (m, lo)
+    } else {
+        (flat.amax([1i64].as_slice(), true), flat.amin([1i64].as_slice(), true))
+    };
+    let mut best_score: Option<Tensor> = None;
+    let (mut best_step, mut best_offset) = (hi.ones_like(), hi.zeros_like());
+    for k in 0..search.candidates.max(1) {
+        let r = 1.0 - search.shrink * k as f64;
+        let (h, l) = (&hi * r, &lo * r);
+        let step = ((&h - &l) / span).clamp_min(1e-12);
+        let offset = if symmetric { step.zeros_like() } else { &l + &step * levels.qn };
+        let q = ((&flat - &offset) / &step).clamp(-levels.qn, levels.qp).round() * &step + &offset;
+        let score = (&q - &flat).abs().pow_tensor_scalar(search.power).mean_dim([1i64].as_slice(), true, flat.kind());
+        let better = match &best_score {
+            None => score.ones_like().to_kind(tch::Kind::Bool),
+            Some(b) => score.lt_tensor(b),
+        };
+        best_step = step.where_self(&better, &best_step);
+        best_offset = offset.where_self(&better, &best_offset);
+        best_score = Some(match best_score {
+            None => score,
+            Some(b) => score.where_self(&better, &b),
+        });
+    }
+    if !symmetric && levels.qn == 0.0 {
+        best_offset = best_offset.zeros_like() + UNSIGNED_OFFSET;
+    }
+    if per_channel && v.dim() > 1 {
+        (best_step.view([rows]), best_offset.view([rows]))
+    } else {
+        (best_step.view([] as [i64; 0]), best_offset.view([] as [i64; 0]))
+    }
 }
 
 /// The min-max calibration step: the largest |v| maps to the top level Q_P, so nothing above is
@@ -181,5 +260,96 @@ mod tests {
         assert!((per[0] - 2.0 * (0.7 / 3.0) / 7f64.sqrt()).abs() < 1e-12 && (per[1] - 2.0 * (0.95 / 3.0) / 7f64.sqrt()).abs() < 1e-12, "{per:?}");
         // The gradient scale of LSQ: 1/√(N·Q_P).
         assert!((grad_scale(700, levels) - 1.0 / (700.0f64 * 7.0).sqrt()).abs() < 1e-15);
+    }
+
+    #[test]
+    fn the_affine_quantiser_passes_x_inside_and_its_step_and_offset_gradients_are_lsqs() {
+        // 3-bit signed [−4, 3], s = 0.5, β = 0.3: the range is [−1.7, 1.8].
+        let levels = Levels::signed(3);
+        let (s0, b0, g) = (0.5f64, 0.3f64, 0.25f64);
+        let x = Tensor::from_slice(&[-2.5f64, -1.2, 0.1, 0.9, 1.6, 2.4]).set_requires_grad(true);
+        let s = Tensor::from(s0).set_requires_grad(true);
+        let b = Tensor::from(b0).set_requires_grad(true);
+        let want_fwd: Vec<f64> = f64s(&x).iter().map(|x| ((x - b0) / s0).clamp(-4.0, 3.0).round() * s0 + b0).collect();
+        let mut outs = Vec::new();
+        for i in 0..6 {
+            let q = lsq_affine(&x.get(i), &s, &b, levels, g);
+            outs.push(q.double_value(&[]));
+            let grads = Tensor::run_backward(&[&q], &[&x, &s, &b], false, false);
+            let v = (f64s(&x)[i as usize] - b0) / s0;
+            let inside = (-4.0..=3.0).contains(&v);
+            assert_eq!(grads[0].double_value(&[i]), if inside { 1.0 } else { 0.0 }, "x gradient of element {i}");
+            let ds = if inside { v.round() - v } else if v < 0.0 { -4.0 } else { 3.0 };
+            assert!((grads[1].double_value(&[]) - g * ds).abs() < 1e-12, "step gradient of element {i}");
+            // Inside, β shifts x and the grid together (the STE cancels it); clipped, x̂ = n·s + β.
+            assert!((grads[2].double_value(&[]) - if inside { 0.0 } else { g }).abs() < 1e-12, "offset gradient of element {i}");
+        }
+        for (a, w) in outs.iter().zip(&want_fwd) {
+            assert!((a - w).abs() < 1e-12);
+        }
+        // At most 2^b values, and idempotent for a fixed step and offset.
+        let v = values(500, 1.0, 3);
+        let q = lsq_affine(&v, &Tensor::from(s0), &Tensor::from(b0), levels, 1.0);
+        let distinct: std::collections::BTreeSet<i64> = f64s(&q).iter().map(|y| ((y - b0) / s0).round() as i64).collect();
+        assert!(distinct.len() <= 8, "{distinct:?}");
+        let qq = lsq_affine(&q, &Tensor::from(s0), &Tensor::from(b0), levels, 1.0);
+        for (a, b) in f64s(&q).iter().zip(f64s(&qq)) {
+            assert!((a - b).abs() < 1e-12);
+        }
+    }
+
+    /// The search restated for one row in scalars: the first candidate ratio with the least
+    /// mean |v − v̂|^p.
+    fn search_row(row: &[f64], levels: Levels, symmetric: bool, search: ClipSearch) -> (f64, f64) {
+        let amax = row.iter().fold(0f64, |m, x| m.max(x.abs()));
+        let (mx, mn) = (row.iter().cloned().fold(f64::MIN, f64::max), row.iter().cloned().fold(f64::MAX, f64::min));
+        let mut best = (f64::INFINITY, 1.0, 0.0);
+        for k in 0..search.candidates {
+            let r = 1.0 - search.shrink * k as f64;
+            let (hi, lo) = if symmetric { (r * amax, if levels.qn == 0.0 { 0.0 } else { -r * amax }) } else { (r * mx, r * mn) };
+            let s = (hi - lo) / (levels.qn + levels.qp);
+            let b = if symmetric { 0.0 } else { lo + s * levels.qn };
+            let err = row.iter().map(|x| (((x - b) / s).clamp(-levels.qn, levels.qp).round() * s + b - x).abs().powf(search.power)).sum::<f64>() / row.len() as f64;
+            if err < best.0 {
+                best = (err, s, b);
+            }
+        }
+        (best.1, best.2)
+    }
+
+    #[test]
+    fn the_clip_search_finds_the_scalar_searchs_ranges_per_channel_and_per_layer() {
+        let search = ClipSearch::default();
+        // Rows with outliers of different sizes, so the best ratios differ by row.
+        let mut r = Rng::new(11);
+        let rows: Vec<Vec<f64>> = (0..4).map(|i| (0..400).map(|j| if j == 0 { 2.0 + 1.5 * i as f64 } else { r.normal() * 0.4 + 0.05 * i as f64 }).collect()).collect();
+        let w = Tensor::from_slice(&rows.concat()).view([4, 400]);
+        for (levels, symmetric) in [(Levels::signed(2), true), (Levels::signed(3), false), (Levels::signed(4), true)] {
+            let (step, offset) = clip_search(&w, levels, symmetric, true, search);
+            assert_eq!(step.size(), vec![4]);
+            for (i, row) in rows.iter().enumerate() {
+                let (s, b) = search_row(row, levels, symmetric, search);
+                assert!((f64s(&step)[i] - s).abs() < 1e-9 && (f64s(&offset)[i] - b).abs() < 1e-9, "row {i}: {} {} vs {s} {b}", f64s(&step)[i], f64s(&offset)[i]);
+            }
+            // Outliers are clipped: ranges shrink below the full one, by a ratio chosen per row.
+            let (full, _) = clip_search(&w, levels, symmetric, true, ClipSearch { candidates: 1, ..search });
+            let ratios: Vec<f64> = f64s(&step).iter().zip(f64s(&full)).map(|(a, b)| a / b).collect();
+            let spread = ratios.iter().cloned().fold(0f64, f64::max) - ratios.iter().cloned().fold(1f64, f64::min);
+            assert!(ratios.iter().any(|&q| q < 0.99) && spread > 0.02, "{ratios:?}");
+            let (step, offset) = clip_search(&w, levels, symmetric, false, search);
+            let (s, b) = search_row(&rows.concat(), levels, symmetric, search);
+            assert!((step.double_value(&[]) - s).abs() < 1e-9 && (offset.double_value(&[]) - b).abs() < 1e-9);
+        }
+        // Values on an exact grid are reproduced with the full range (zero error at ratio 1).
+        let grid = Tensor::from_slice(&[-2.0f64, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5]);
+        let (s, b) = clip_search(&grid, Levels::signed(3), false, false, search);
+        assert!((s.double_value(&[]) - 0.5).abs() < 1e-12 && b.double_value(&[]).abs() < 1e-12);
+        // Unsigned levels: the symmetric range starts at 0, the asymmetric offset is EQ-Net's −1e-9.
+        let relu = Tensor::from_slice(&[0.0f64, 0.0, 0.3, 0.9, 1.2, 2.1]);
+        let (s, b) = clip_search(&relu, Levels::unsigned(2), true, false, search);
+        let (s_row, _) = search_row(&f64s(&relu), Levels::unsigned(2), true, search);
+        assert!((s.double_value(&[]) - s_row).abs() < 1e-12 && b.double_value(&[]) == 0.0);
+        let (_, b) = clip_search(&relu, Levels::unsigned(2), false, false, search);
+        assert_eq!(b.double_value(&[]), UNSIGNED_OFFSET);
     }
 }

@@ -15,6 +15,7 @@ pub mod deep_conjugate_direction;
 pub mod disc_vs_gen;
 pub mod dual_smoothing;
 pub mod elr;
+pub mod eq_net;
 pub mod fedld;
 pub mod ensloss;
 pub mod forest_smoothers;
@@ -60,6 +61,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<ensloss::EnsLoss>(),
         entry::<forest_smoothers::ForestSmoothers>(),
         entry::<ftwt_pruning::FtwtPruning>(),
+        entry::<eq_net::EqNet>(),
         entry::<gaqat::Gaqat>(),
         entry::<grokking_lazy_rich::GrokkingLazyRich>(),
         entry::<hessian_alignment::HessianAlignment>(),
