@@ -1,6 +1,8 @@
-//! Shared losses and metrics: classification, metric learning and retrieval, invariance penalties.
+//! Shared losses and metrics: classification, metric learning and retrieval, invariance penalties,
+//! distances between sample sets.
 
 pub mod classify;
+pub mod distribution;
 pub mod invariance;
 pub mod metric_learning;
 pub mod metrics;

@@ -23,6 +23,7 @@ pub mod ftwt_pruning;
 pub mod gaqat;
 pub mod grokking_lazy_rich;
 pub mod hessian_alignment;
+pub mod latent_consistency;
 pub mod learned_prox;
 pub mod lvm_smoothing;
 pub mod nested_coteaching;
@@ -65,6 +66,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<gaqat::Gaqat>(),
         entry::<grokking_lazy_rich::GrokkingLazyRich>(),
         entry::<hessian_alignment::HessianAlignment>(),
+        entry::<latent_consistency::LatentConsistency>(),
         entry::<learned_prox::LearnedProx>(),
         entry::<lvm_smoothing::LvmSmoothing>(),
         entry::<nested_coteaching::NestedCoteaching>(),
