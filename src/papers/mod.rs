@@ -6,6 +6,7 @@ use anyhow::Result;
 use crate::paper::{entry, Entry};
 
 pub mod aas_pinn;
+pub mod adapt_unlearn_gan;
 pub mod adversarial_linear_mdp;
 pub mod aggregate_responses;
 pub mod bo_rep;
@@ -49,6 +50,7 @@ pub mod z_loss;
 pub fn registry() -> Vec<Entry> {
     vec![
         entry::<aas_pinn::AasPinn>(),
+        entry::<adapt_unlearn_gan::AdaptUnlearnGan>(),
         entry::<adversarial_linear_mdp::AdversarialLinearMdp>(),
         entry::<aggregate_responses::AggregateResponses>(),
         entry::<bo_rep::BoRep>(),
