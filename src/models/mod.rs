@@ -1,6 +1,7 @@
 //! Models shared by the papers, as plain structs built from an `nn::Path`, and the `model:`
 //! block papers put in their Config to choose one.
 
+pub mod diffusion;
 pub mod flops;
 pub mod flow;
 pub mod icnn;

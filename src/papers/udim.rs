@@ -194,6 +194,26 @@ fn flat_norm(ts: &[Tensor]) -> Tensor {
     ts.iter().map(|g| g.square().sum(g.kind())).reduce(|a, b| a + b).expect("parameters").sqrt()
 }
 
+/// The input-ascent direction from ∇ₓℓ_s [B, C, H, W]: each sample's gradient over its own L2
+/// norm (`per_sample`), or each pixel's gradients over their L2 norm across the batch
+/// (`per_pixel`, the official `torch.norm(..., dim=0)`).
+pub fn ascent_direction(gx: &Tensor, norm: InputNorm) -> Tensor {
+    match norm {
+        InputNorm::PerSample => {
+            let norms = gx.flatten(1, -1).norm_scalaropt_dim(2, [1i64].as_slice(), false).clamp_min(1e-12);
+            let mut shape = vec![-1i64];
+            shape.extend(std::iter::repeat(1).take(gx.dim() - 1));
+            gx / norms.view(shape.as_slice())
+        }
+        InputNorm::PerPixel => gx / gx.norm_scalaropt_dim(2, [0i64].as_slice(), true).clamp_min(1e-12),
+    }
+}
+
+/// The number of leading steps that are plain SAM: round(`warmup`·`steps`).
+pub fn warmup_steps(warmup: f64, steps: u64) -> u64 {
+    (warmup * steps as f64).round() as u64
+}
+
 /// One UDIM step's direction into `params`' `.grad`; returns (perturbation loss, inconsistency).
 fn udim_gradients(net: &Cnn, params: &[Tensor], x: &Tensor, y: &Tensor, cfg: &Config) -> Result<(f64, f64)> {
     // (1) ℓ_s on x_s = x, its gradient to the inputs and the ε built from it.
@@ -206,14 +226,7 @@ fn udim_gradients(net: &Cnn, params: &[Tensor], x: &Tensor, y: &Tensor, cfg: &Co
     let g_det: Vec<Tensor> = g.iter().map(|t| t.detach()).collect();
     let eps = perturbation(params, &g_det, &Sam { rho: cfg.rho, adaptive: false }, 0.0);
     // (2) One ascent step on the inputs.
-    let dir = match cfg.input_norm {
-        InputNorm::PerSample => {
-            let norms = gx.flatten(1, -1).norm_scalaropt_dim(2, [1i64].as_slice(), false).clamp_min(1e-12);
-            &gx / norms.view([-1, 1, 1, 1])
-        }
-        InputNorm::PerPixel => &gx / gx.norm_scalaropt_dim(2, [0i64].as_slice(), true).clamp_min(1e-12),
-    };
-    let syn = (x + dir * cfg.syn_lr).detach();
+    let syn = (x + ascent_direction(&gx, cfg.input_norm) * cfg.syn_lr).detach();
     // (3) SAM's gradient on the clean inputs at θ + ε.
     let (_, g_sam) = gradients_at_offset(params, &eps, &mut || net.forward(x).cross_entropy_for_logits(y))?;
     // (4) The inconsistency term on concat(x, x_s), back-propagated through the whole network.
@@ -270,7 +283,7 @@ impl crate::paper::Paper for Udim {
         let mut opt = crate::train::optim::MaskedAdam::new(&params, cfg.lr, 0.0);
         let mut rng = Rng::new(ctx.seed ^ 0x0D1A);
         let sam = Sam { rho: cfg.rho, adaptive: false };
-        let warm = (cfg.warmup * cfg.steps as f64).round() as u64;
+        let warm = warmup_steps(cfg.warmup, cfg.steps);
         let mut batches: Vec<Tensor> = vec![];
         for step in 0..cfg.steps {
             if batches.is_empty() {
@@ -486,5 +499,26 @@ mod tests {
             moved += c.abs().sum(Kind::Double).double_value(&[]);
         }
         assert!(moved > 1e-4, "the inconsistency gradient is not zero here");
+    }
+
+    #[test]
+    fn ascent_directions_are_unit_per_sample_or_per_pixel_and_the_warm_up_is_a_share_of_the_steps() {
+        let gx = (Tensor::arange(12, (Kind::Double, tch::Device::Cpu)) * 0.9 + 0.3).sin().view([3, 1, 2, 2]);
+        let per_sample = ascent_direction(&gx, InputNorm::PerSample);
+        for i in 0..3 {
+            let (d, g) = (per_sample.get(i), gx.get(i));
+            assert!((d.norm().double_value(&[]) - 1.0).abs() < 1e-12, "sample {i} has unit norm");
+            // Parallel to the sample's own gradient.
+            assert!(((&d * g.norm().double_value(&[])) - &g).abs().max().double_value(&[]) < 1e-12);
+        }
+        let per_pixel = ascent_direction(&gx, InputNorm::PerPixel);
+        let col = crate::testutil::f64s(&per_pixel.square().sum_dim_intlist([0i64].as_slice(), false, Kind::Double));
+        assert!(col.iter().all(|v| (v - 1.0).abs() < 1e-12), "every pixel's column over the batch has unit norm: {col:?}");
+        // The two differ (a sample's norm is not 1 under per-pixel normalisation).
+        assert!((per_pixel.get(0).norm().double_value(&[]) - 1.0).abs() > 1e-3);
+        assert_eq!(warmup_steps(0.2, 3000), 600);
+        assert_eq!(warmup_steps(0.2, 10), 2);
+        assert_eq!(warmup_steps(0.0, 10), 0);
+        assert_eq!(warmup_steps(1.0, 7), 7);
     }
 }
