@@ -478,13 +478,6 @@ fn accuracy(net: &ElasticMlp, config: Option<&[LayerChoice]>, split: &Split) -> 
     Ok(f64::try_from(correct)? / n as f64)
 }
 
-/// Shuffled minibatches of 0..n (the last one smaller), reshuffled every epoch.
-fn epoch_batches(n: usize, batch: usize, rng: &mut Rng) -> Vec<Vec<i64>> {
-    let mut idx: Vec<i64> = (0..n as i64).collect();
-    rng.shuffle(&mut idx);
-    idx.chunks(batch).map(|c| c.to_vec()).collect()
-}
-
 impl crate::paper::Paper for EqNet {
     const KEY: &'static str = "eq_net";
     const TITLE: &'static str = "EQ-Net: Elastic Quantization Neural Networks";
@@ -536,8 +529,7 @@ impl crate::paper::Paper for EqNet {
         // Full-precision pretraining, the same for every method of a seed.
         let mut pre = nn::Adam::default().build(&vs, cfg.pretrain_lr)?;
         for epoch in 0..cfg.pretrain_epochs {
-            for b in epoch_batches(n, cfg.pretrain_batch_size, &mut rng) {
-                let idx = Tensor::from_slice(&b).to_device(device);
+            for idx in data.train.batches(cfg.pretrain_batch_size, &mut rng) {
                 let loss = net.forward_with(&data.train.x.index_select(0, &idx), None).cross_entropy_for_logits(&data.train.y.index_select(0, &idx));
                 pre.zero_grad();
                 loss.backward();
@@ -566,9 +558,8 @@ impl crate::paper::Paper for EqNet {
             let mut t = 0u64;
             for epoch in 0..cfg.epochs {
                 let mut loss_sum = 0.0;
-                let batches = epoch_batches(n, cfg.batch_size, &mut rng);
-                for b in &batches {
-                    let idx = Tensor::from_slice(b).to_device(device);
+                let batches = data.train.batches(cfg.batch_size, &mut rng);
+                for idx in &batches {
                     let (x, y) = (data.train.x.index_select(0, &idx), data.train.y.index_select(0, &idx));
                     opt.set_lr(cosine_lr(cfg.lr, t, total));
                     opt.zero_grad();
