@@ -5,7 +5,7 @@
 //! step, ᾱ_t = Π_{s ≤ t} (1 − β_s), as in diffusers' DDPMScheduler. Sampling noise comes from a
 //! seeded [`Rng`], so a sampler is reproducible whatever else uses torch's generator.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::context::Rng;
 
@@ -103,25 +103,26 @@ impl Schedule {
         out
     }
 
-    /// DDPM ancestral sampling over all T steps from N(0, I) of `shape`; `eps_model(x_t, t)`.
-    pub fn sample_ddpm(&self, shape: &[i64], rng: &mut Rng, clip: Option<f64>, mut eps_model: impl FnMut(&Tensor, usize) -> Tensor) -> Tensor {
-        let mut x = gaussian(shape, rng);
+    /// DDPM ancestral sampling over all T steps from N(0, I) of `shape` on `device`;
+    /// `eps_model(x_t, t)`.
+    pub fn sample_ddpm(&self, shape: &[i64], device: Device, rng: &mut Rng, clip: Option<f64>, mut eps_model: impl FnMut(&Tensor, usize) -> Tensor) -> Tensor {
+        let mut x = gaussian(shape, rng).to_device(device);
         for t in (0..self.len()).rev() {
             let eps = eps_model(&x, t);
-            let z = if t > 0 { gaussian(shape, rng) } else { x.zeros_like() };
+            let z = if t > 0 { gaussian(shape, rng).to_device(device) } else { x.zeros_like() };
             x = self.ddpm_step(&x, t, &eps, &z, clip);
         }
         x
     }
 
-    /// DDIM sampling on `steps` evenly spaced timesteps (T−1 down to 0, then to x₀).
-    pub fn sample_ddim(&self, shape: &[i64], steps: usize, eta: f64, rng: &mut Rng, mut eps_model: impl FnMut(&Tensor, usize) -> Tensor) -> Tensor {
+    /// DDIM sampling on `steps` evenly spaced timesteps (T−1 down to 0, then to x₀), on `device`.
+    pub fn sample_ddim(&self, shape: &[i64], device: Device, steps: usize, eta: f64, rng: &mut Rng, mut eps_model: impl FnMut(&Tensor, usize) -> Tensor) -> Tensor {
         let ts = ddim_timesteps(self.len(), steps);
-        let mut x = gaussian(shape, rng);
+        let mut x = gaussian(shape, rng).to_device(device);
         for (k, &t) in ts.iter().enumerate() {
             let prev = ts.get(k + 1).copied();
             let eps = eps_model(&x, t);
-            let z = if eta > 0.0 { gaussian(shape, rng) } else { x.zeros_like() };
+            let z = if eta > 0.0 { gaussian(shape, rng).to_device(device) } else { x.zeros_like() };
             x = self.ddim_step(&x, t, prev, &eps, eta, &z);
         }
         x
@@ -214,21 +215,21 @@ mod tests {
         let (mu, sd) = (0.7, 0.3);
         let shape = [20_000i64, 1];
         // On every timestep the deterministic sampler is the probability-flow ODE finely stepped.
-        let (m, s) = moments(&sch.sample_ddim(&shape, 1000, 0.0, &mut Rng::new(1), oracle(&sch, mu, sd)));
+        let (m, s) = moments(&sch.sample_ddim(&shape, Device::Cpu, 1000, 0.0, &mut Rng::new(1), oracle(&sch, mu, sd)));
         assert!((m - mu).abs() < 0.01 && (s - sd).abs() < 0.01, "DDIM: {m} {s}");
         // 50 steps: close, with DDIM's known shrinkage of the spread under coarse steps.
-        let (m50, s50) = moments(&sch.sample_ddim(&shape, 50, 0.0, &mut Rng::new(1), oracle(&sch, mu, sd)));
+        let (m50, s50) = moments(&sch.sample_ddim(&shape, Device::Cpu, 50, 0.0, &mut Rng::new(1), oracle(&sch, mu, sd)));
         assert!((m50 - mu).abs() < 0.01 && (s50 - sd).abs() < 0.04 && (s50 - sd).abs() >= (s - sd).abs() - 0.005, "DDIM 50: {m50} {s50}");
-        let (m, s) = moments(&sch.sample_ddim(&shape, 1000, 1.0, &mut Rng::new(2), oracle(&sch, mu, sd)));
+        let (m, s) = moments(&sch.sample_ddim(&shape, Device::Cpu, 1000, 1.0, &mut Rng::new(2), oracle(&sch, mu, sd)));
         assert!((m - mu).abs() < 0.01 && (s - sd).abs() < 0.01, "DDIM η = 1: {m} {s}");
-        let (m, s) = moments(&sch.sample_ddpm(&[5000, 1], &mut Rng::new(3), None, oracle(&sch, mu, sd)));
+        let (m, s) = moments(&sch.sample_ddpm(&[5000, 1], Device::Cpu, &mut Rng::new(3), None, oracle(&sch, mu, sd)));
         assert!((m - mu).abs() < 0.02 && (s - sd).abs() < 0.02, "DDPM: {m} {s}");
         // A wrong predictor (ε̂ = 0 everywhere) does not: the test can fail.
-        let (_, s) = moments(&sch.sample_ddim(&shape, 50, 0.0, &mut Rng::new(1), |x, _| x.zeros_like()));
+        let (_, s) = moments(&sch.sample_ddim(&shape, Device::Cpu, 50, 0.0, &mut Rng::new(1), |x, _| x.zeros_like()));
         assert!((s - sd).abs() > 0.1);
         // Seeded: the same seed gives the same samples.
-        let a = sch.sample_ddim(&[100, 2], 20, 1.0, &mut Rng::new(9), oracle(&sch, mu, sd));
-        let b = sch.sample_ddim(&[100, 2], 20, 1.0, &mut Rng::new(9), oracle(&sch, mu, sd));
+        let a = sch.sample_ddim(&[100, 2], Device::Cpu, 20, 1.0, &mut Rng::new(9), oracle(&sch, mu, sd));
+        let b = sch.sample_ddim(&[100, 2], Device::Cpu, 20, 1.0, &mut Rng::new(9), oracle(&sch, mu, sd));
         assert_eq!(f64s(&a), f64s(&b));
     }
 

@@ -2,6 +2,7 @@
 //! block papers put in their Config to choose one.
 
 pub mod diffusion;
+pub mod feature_classifier;
 pub mod flops;
 pub mod flow;
 pub mod icnn;

@@ -45,6 +45,7 @@ use tch::{Kind, Tensor};
 use crate::context::{Rng, RunCtx};
 use crate::data::DataConfig;
 use crate::losses::distribution::frechet_distance;
+use crate::models::feature_classifier::{self, FeatureClassifier};
 use crate::models::{init, state};
 use crate::train::gan::{diagonal_fisher, discriminator_loss, ewc_penalty, generator_loss, r1_penalty};
 
@@ -175,27 +176,6 @@ impl Module for LeakyMlp {
     }
 }
 
-/// A classifier 64 → hidden (ReLU) → classes whose hidden layer is the Fréchet feature space.
-#[derive(Debug)]
-struct Classifier {
-    hidden: nn::Linear,
-    out: nn::Linear,
-}
-
-impl Classifier {
-    fn new(vs: &nn::Path, input: i64, hidden: i64, classes: i64) -> Self {
-        Classifier { hidden: init::linear(vs / "hidden", input, hidden, true), out: init::linear(vs / "out", hidden, classes, true) }
-    }
-
-    fn features(&self, x: &Tensor) -> Tensor {
-        x.apply(&self.hidden).relu()
-    }
-
-    fn logits(&self, x: &Tensor) -> Tensor {
-        self.features(x).apply(&self.out)
-    }
-}
-
 /// The official parameter distance d(θ) = (K/(2P))·Σ_p Σ_k mean_elems (θ_p − θ_N,p^k)² over the P
 /// parameter tensors and K adapted generators (constants).
 pub fn parameter_distance(params: &[Tensor], adapted: &[Vec<Tensor>]) -> Tensor {
@@ -310,25 +290,8 @@ impl Gan {
     }
 }
 
-fn train_classifier(cfg: &Config, x: &Tensor, y: &Tensor, classes: i64, rng: &mut Rng) -> Result<(nn::VarStore, Classifier)> {
-    let vs = nn::VarStore::new(x.device());
-    let c = Classifier::new(&vs.root(), x.size()[1], cfg.classifier_hidden, classes);
-    let mut opt = nn::Adam::default().build(&vs, cfg.classifier_lr)?;
-    let n = x.size()[0] as usize;
-    let mut order: Vec<i64> = (0..n as i64).collect();
-    for _ in 0..cfg.classifier_epochs {
-        rng.shuffle(&mut order);
-        for b in order.chunks(64) {
-            let idx = Tensor::from_slice(b).to_device(x.device());
-            let loss = c.logits(&x.index_select(0, &idx)).cross_entropy_for_logits(&y.index_select(0, &idx));
-            opt.backward_step(&loss);
-        }
-    }
-    Ok((vs, c))
-}
-
-fn accuracy(c: &Classifier, x: &Tensor, y: &Tensor) -> Result<f64> {
-    Ok(tch::no_grad(|| f64::try_from(c.logits(x).argmax(1, false).eq_tensor(y).to_kind(Kind::Double).mean(Kind::Double)))?)
+fn train_classifier(cfg: &Config, x: &Tensor, y: &Tensor, classes: i64, rng: &mut Rng) -> Result<(nn::VarStore, FeatureClassifier)> {
+    feature_classifier::train(x, y, classes, cfg.classifier_hidden, cfg.classifier_epochs, cfg.classifier_lr, rng)
 }
 
 impl crate::paper::Paper for AdaptUnlearnGan {
@@ -383,8 +346,8 @@ impl crate::paper::Paper for AdaptUnlearnGan {
         let (a, b) = (half(&order[..(n / 2) as usize]), half(&order[(n / 2) as usize..]));
         let (_fvs, feedback) = train_classifier(cfg, &train_x.index_select(0, &a), &data.train.y.index_select(0, &a), data.classes, &mut rng)?;
         let (_evs, evaluator) = train_classifier(cfg, &train_x.index_select(0, &b), &data.train.y.index_select(0, &b), data.classes, &mut rng)?;
-        ctx.set_final("feedback_classifier_acc", accuracy(&feedback, &test_x, &data.test.y)?)?;
-        ctx.set_final("eval_classifier_acc", accuracy(&evaluator, &test_x, &data.test.y)?)?;
+        ctx.set_final("feedback_classifier_acc", feedback.accuracy(&test_x, &data.test.y)?)?;
+        ctx.set_final("eval_classifier_acc", evaluator.accuracy(&test_x, &data.test.y)?)?;
 
         // Pretraining on every training image.
         let gan = Gan::new(cfg, train_x.size()[1], device);
@@ -394,7 +357,7 @@ impl crate::paper::Paper for AdaptUnlearnGan {
 
         // Feedback: generated samples split by the feedback classifier.
         let fb = tch::no_grad(|| gan.g.forward(&gan.z(cfg, cfg.feedback_samples)));
-        let is_neg = tch::no_grad(|| feedback.logits(&fb).argmax(1, false).eq(cfg.undesired_class));
+        let is_neg = tch::no_grad(|| feedback.forward(&fb).argmax(1, false).eq(cfg.undesired_class));
         let neg_idx = is_neg.nonzero().view([-1]);
         let pos_idx = is_neg.logical_not().nonzero().view([-1]);
         let (negatives, positives) = (fb.index_select(0, &neg_idx), fb.index_select(0, &pos_idx));
@@ -416,7 +379,7 @@ impl crate::paper::Paper for AdaptUnlearnGan {
                 gan.train(cfg, &negatives, cfg.adapt_steps, &mut rng, |p| Some(ewc_penalty(p, &anchor, &fisher, cfg.ewc_lambda)), ctx, &format!("adapt{k}"))?;
                 adapted.push(state::copy(&gan.g_vs));
                 // How far the adaptation went toward the feature: its samples' share of the class.
-                let probe = tch::no_grad(|| feedback.logits(&gan.g.forward(&gan.z(cfg, 1000))).argmax(1, false).eq(cfg.undesired_class).to_kind(Kind::Double).mean(Kind::Double));
+                let probe = tch::no_grad(|| feedback.forward(&gan.g.forward(&gan.z(cfg, 1000))).argmax(1, false).eq(cfg.undesired_class).to_kind(Kind::Double).mean(Kind::Double));
                 adapted_share += f64::try_from(probe)? / cfg.adaptations as f64;
             }
             ctx.set_final("adapted_neg_fraction", adapted_share)?;
@@ -444,7 +407,7 @@ impl crate::paper::Paper for AdaptUnlearnGan {
         // Evaluation on fresh samples (the same z for every arm of a seed).
         tch::manual_seed((ctx.seed ^ 0xE7A1) as i64);
         let samples = tch::no_grad(|| gan.g.forward(&gan.z(cfg, cfg.eval_samples)));
-        let pred = tch::no_grad(|| evaluator.logits(&samples).argmax(1, false));
+        let pred = tch::no_grad(|| evaluator.forward(&samples).argmax(1, false));
         ctx.set_final("neg_fraction", f64::try_from(pred.eq(cfg.undesired_class).to_kind(Kind::Double).mean(Kind::Double))?)?;
         // Fréchet distance in the evaluator's hidden layer to every real image of another class.
         let all_x = Tensor::cat(&[&train_x, &test_x], 0);

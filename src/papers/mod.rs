@@ -12,6 +12,7 @@ pub mod aggregate_responses;
 pub mod bo_rep;
 pub mod colide;
 pub mod comp_sum_losses;
+pub mod ctrl_u;
 pub mod deep_conjugate_direction;
 pub mod disc_vs_gen;
 pub mod dual_smoothing;
@@ -56,6 +57,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<bo_rep::BoRep>(),
         entry::<colide::Colide>(),
         entry::<comp_sum_losses::CompSumLosses>(),
+        entry::<ctrl_u::CtrlU>(),
         entry::<deep_conjugate_direction::DeepConjugateDirection>(),
         entry::<disc_vs_gen::DiscVsGen>(),
         entry::<dual_smoothing::DualSmoothing>(),
