@@ -5,6 +5,7 @@ pub mod diffusion;
 pub mod feature_classifier;
 pub mod flops;
 pub mod flow;
+pub mod functional;
 pub mod icnn;
 pub mod init;
 pub mod mf;

@@ -13,6 +13,7 @@ pub mod bo_rep;
 pub mod colide;
 pub mod comp_sum_losses;
 pub mod ctrl_u;
+pub mod dataset_distillation;
 pub mod deep_conjugate_direction;
 pub mod disc_vs_gen;
 pub mod dual_smoothing;
@@ -58,6 +59,7 @@ pub fn registry() -> Vec<Entry> {
         entry::<colide::Colide>(),
         entry::<comp_sum_losses::CompSumLosses>(),
         entry::<ctrl_u::CtrlU>(),
+        entry::<dataset_distillation::DatasetDistillation>(),
         entry::<deep_conjugate_direction::DeepConjugateDirection>(),
         entry::<disc_vs_gen::DiscVsGen>(),
         entry::<dual_smoothing::DualSmoothing>(),

@@ -10,3 +10,4 @@ pub mod supervised;
 pub mod orthograd;
 pub mod second_order;
 pub mod sharpness;
+pub mod trajectory;
