@@ -75,8 +75,13 @@ tables: build
 	$(REGLAB) report $(RESULTS)
 
 BENCH_PYTHON ?= $(if $(LIBTORCH),$(PYTHON),$(TORCH_VENV)/bin/python)
+BENCH_THREADS ?= 2
+# Not a test: reglab against PyTorch eager at the same thread count, written to bench/results.md.
 bench: build
-	$(BENCH_PYTHON) bench/stablemax_bench.py --reglab $(REGLAB)
+	@echo "# reglab vs PyTorch eager ($$(date -u +%Y-%m-%d), \`make bench\`)" > bench/results.md
+	@echo >> bench/results.md
+	$(BENCH_PYTHON) bench/stablemax_bench.py --reglab $(REGLAB) --threads $(BENCH_THREADS) | tee -a bench/results.md
+	$(BENCH_PYTHON) bench/pieces.py --threads $(BENCH_THREADS)
 
 # Datasets the package registries carry, verified by checksum into data/ (or DATA_DIR):
 # Fashion-MNIST from Debian's dataset-fashion-mnist, MovieLens-100k from the recbole wheel.
