@@ -23,7 +23,7 @@ CARGO   ?= cargo
 REGLAB  := target/release/reglab
 SPECS   := $(wildcard experiments/*.yaml)
 
-.PHONY: all build demo test test-slurm slurm-packages run sweep tables bench clean torch env data browser $(SPECS:%=sweep-%)
+.PHONY: all build demo test test-slurm slurm-packages run sweep tables bench bench-suite clean torch env data browser $(SPECS:%=sweep-%)
 
 all: build
 
@@ -82,6 +82,10 @@ bench: build
 	@echo >> bench/results.md
 	$(BENCH_PYTHON) bench/stablemax_bench.py --reglab $(REGLAB) --threads $(BENCH_THREADS) | tee -a bench/results.md
 	$(BENCH_PYTHON) bench/pieces.py --threads $(BENCH_THREADS)
+
+# The whole CPU suite's wall time as `make -j2 sweep` runs it, per spec; about an hour here.
+bench-suite: build
+	$(PYTHON) bench/suite.py --reglab $(REGLAB)
 
 # Datasets the package registries carry, verified by checksum into data/ (or DATA_DIR):
 # Fashion-MNIST from Debian's dataset-fashion-mnist, MovieLens-100k from the recbole wheel.

@@ -298,10 +298,6 @@ fn train_classifier(cfg: &Config, x: &Tensor, y: &Tensor, classes: i64, rng: &mu
     feature_classifier::train(x, y, classes, cfg.classifier_hidden, cfg.classifier_epochs, cfg.classifier_lr, rng)
 }
 
-fn accuracy(logits: &Tensor, y: &Tensor) -> Result<f64> {
-    Ok(f64::try_from(logits.argmax(1, false).eq_tensor(y).to_kind(Kind::Double).mean(Kind::Double))?)
-}
-
 /// B indices with replacement and B timesteps in [0, T) from `rng`.
 fn draw(rng: &mut Rng, n: i64, b: usize, timesteps: usize, device: Device) -> (Tensor, Vec<usize>) {
     let idx: Vec<i64> = (0..b).map(|_| rng.below(n as u64) as i64).collect();
@@ -379,8 +375,8 @@ impl crate::paper::Paper for CtrlU {
         let (mut eval_vs, evaluator) = train_classifier(cfg, &test_x, test_y, k, &mut rng)?;
         tch::no_grad(|| -> Result<()> {
             let (x_rest, y_rest) = (train_x.index_select(0, &rest), train_y.index_select(0, &rest));
-            ctx.set_final("reward_model_acc", accuracy(&reward.forward(&x_rest), &y_rest)?)?;
-            ctx.set_final("eval_model_acc", accuracy(&evaluator.forward(&x_rest), &y_rest)?)?;
+            ctx.set_final("reward_model_acc", reward.accuracy(&x_rest, &y_rest)?)?;
+            ctx.set_final("eval_model_acc", evaluator.accuracy(&x_rest, &y_rest)?)?;
             Ok(())
         })?;
         // Frozen: the reward's gradient reaches the generator through the classifier's input only.
@@ -452,8 +448,8 @@ impl crate::paper::Paper for CtrlU {
             .clamp(-1.0, 1.0)
         });
         let (eval_acc, reward_acc, fd) = tch::no_grad(|| -> Result<(f64, f64, f64)> {
-            let eval_acc = accuracy(&evaluator.forward(&samples), &labels)?;
-            let reward_acc = accuracy(&reward.forward(&samples), &labels)?;
+            let eval_acc = evaluator.accuracy(&samples, &labels)?;
+            let reward_acc = reward.accuracy(&samples, &labels)?;
             Ok((eval_acc, reward_acc, frechet_distance(&evaluator.features(&samples), &evaluator.features(&train_x))))
         })?;
         ctx.set_final("controllability", eval_acc)?;
