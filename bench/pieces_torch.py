@@ -24,17 +24,21 @@ def mlp(widths):
     return torch.nn.Sequential(*layers)
 
 
-def train_step_mlp_b32():
-    net = mlp([64, 128, 10])
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(32, 64), torch.randint(10, (32,))
-
+def train_step(net, opt, x, y):
+    """One optimiser step on a fixed batch, as a callable (the Rust side's `opt.backward_step`)."""
     def step():
         loss = F.cross_entropy(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return step
+
+
+def train_step_mlp_b32():
+    net = mlp([64, 128, 10])
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(32, 64), torch.randint(10, (32,))
+    return train_step(net, opt, x, y)
 
 
 def train_step_cnn_b128():
@@ -44,13 +48,7 @@ def train_step_cnn_b128():
         torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 10))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     x, y = torch.randn(128, 1, 28, 28), torch.randint(10, (128,))
-
-    def step():
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
+    return train_step(net, opt, x, y)
 
 
 def certify_n10000():

@@ -29,7 +29,7 @@ def main():
     ap.add_argument("specs", nargs="*")
     args = ap.parse_args()
     specs = args.specs or sorted(glob.glob("experiments/*.yaml"))
-    # Longest first (by file order otherwise), so that the two workers finish together.
+    # In file order, `parallel` at a time (make -j2 sweep's order).
     rows = []
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
