@@ -23,7 +23,7 @@
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::Module, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
 use crate::context::RunCtx;
 use crate::models::flow::BoxFlow;
@@ -168,22 +168,60 @@ pub fn rad_select(candidates: &Tensor, abs_r: &Tensor, n: i64, k: f64, c: f64) -
 }
 
 struct Pinn {
-    net: nn::Sequential,
+    /// The tanh layers, then the linear output.
+    hidden: Vec<nn::Linear>,
+    out: nn::Linear,
 }
 
 impl Pinn {
     fn new(p: &nn::Path, hidden: i64, depth: usize) -> Self {
-        let mut net = nn::seq();
+        let mut layers = Vec::with_capacity(depth);
         let mut width = 2;
         for i in 0..depth {
-            net = net.add(glorot_linear(p / format!("layer{i}"), width, hidden)).add_fn(|x| x.tanh());
+            layers.push(glorot_linear(p / format!("layer{i}"), width, hidden));
             width = hidden;
         }
-        Pinn { net: net.add(glorot_linear(p / "out", width, 1)) }
+        Pinn { hidden: layers, out: glorot_linear(p / "out", width, 1) }
     }
 
     fn u(&self, x: &Tensor) -> Tensor {
-        self.net.forward(x).squeeze_dim(1)
+        let h = self.hidden.iter().fold(x.shallow_clone(), |h, l| h.apply(l).tanh());
+        h.apply(&self.out).squeeze_dim(1)
+    }
+
+    /// u(x) and Δu(x) in one forward pass that carries, beside each layer's activations h, their
+    /// derivatives ∂h/∂x₁, ∂h/∂x₂ and their Laplacian Δh: through a linear map all three are
+    /// mapped by Wᵀ (the bias drops out), and through h = tanh(a), with s = 1 − h²,
+    /// ∂h/∂x_d = s·∂a/∂x_d and Δh = s·Δa − 2·h·s·Σ_d (∂a/∂x_d)². The same Δu as [`laplacian`]'s
+    /// nested autograd, at one graph instead of three stacked backward passes (the spec's
+    /// run time was mostly that; see the test against it); differentiable in the parameters and
+    /// in x.
+    fn u_and_laplacian(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let n = x.size()[0];
+        let first = &self.hidden[0];
+        // ∂a/∂x_d of the first layer is column d of W, the same at every point; Δa = 0.
+        let mut h = x.apply(first).tanh();
+        let mut s = 1.0 - h.square();
+        let w = first.ws.tr().unsqueeze(1); // [2, 1, width]
+        let mut dh = &s * &w; // [2, n, width]: ∂h/∂x₁, ∂h/∂x₂
+        let mut lap = &h * &s * w.square().sum_dim_intlist(0, false, x.kind()) * -2.0;
+        for layer in &self.hidden[1..] {
+            let width = layer.ws.size()[0];
+            // One product for all four (split, not narrow: its backward is a cat, not zero-fills).
+            let mapped = Tensor::cat(&[h.unsqueeze(0), dh, lap.unsqueeze(0)], 0).view([-1, h.size()[1]]).matmul(&layer.ws.tr()).view([4, n, width]);
+            let parts = mapped.split_with_sizes([1, 2, 1].as_slice(), 0);
+            let (a, da, lap_a) = (parts[0].squeeze_dim(0), &parts[1], parts[2].squeeze_dim(0));
+            h = (a + layer.bs.as_ref().expect("the PINN's layers have biases")).tanh();
+            s = 1.0 - h.square();
+            lap = (&s * lap_a).addcmul(&(&h * &s * -2.0), &da.square().sum_dim_intlist(0, false, x.kind()));
+            dh = &s * da;
+        }
+        (h.apply(&self.out).squeeze_dim(1), lap.matmul(&self.out.ws.tr()).squeeze_dim(1))
+    }
+
+    /// The PDE residual r = −Δu − f, scaled by 1/(4a), as [`residual`] but by [`Pinn::u_and_laplacian`].
+    fn residual(&self, x: &Tensor, a: f64) -> Tensor {
+        (-self.u_and_laplacian(x).1 - source(x, a)) / (4.0 * a)
     }
 }
 
@@ -216,7 +254,6 @@ impl crate::paper::Paper for AasPinn {
         let flow_vs = nn::VarStore::new(device);
         let flow = BoxFlow::new(&flow_vs.root(), 2, cfg.flow_layers, cfg.flow_hidden);
         let mut flow_opt = nn::Adam::default().build(&flow_vs, cfg.flow_lr)?;
-        let u = |x: &Tensor| pinn.u(x);
         let total = (cfg.stages * cfg.steps_per_stage) as u64;
         let mut step = 0u64;
         let mut points = uniform_points(cfg.interior, device);
@@ -226,13 +263,13 @@ impl crate::paper::Paper for AasPinn {
                     Sampler::Uniform => uniform_points(cfg.interior, device),
                     Sampler::Rad => {
                         let cand = uniform_points(cfg.candidates, device);
-                        let r = residual(&u, &cand, a).detach().abs();
+                        let r = tch::no_grad(|| pinn.residual(&cand, a)).abs();
                         rad_select(&cand, &r, cfg.interior, cfg.rad_k, cfg.rad_c)
                     }
                     Sampler::Das => {
                         // Forward KL to ∝ r² from uniform candidates: maximise Σ w log p, w ∝ r².
                         let cand = uniform_points(cfg.candidates, device);
-                        let r2 = residual(&u, &cand, a).detach().square();
+                        let r2 = tch::no_grad(|| pinn.residual(&cand, a)).square();
                         let w = &r2 / r2.sum(Kind::Float);
                         for _ in 0..cfg.flow_steps {
                             let nll = -(flow.log_prob(&cand) * &w).sum(Kind::Float);
@@ -246,7 +283,7 @@ impl crate::paper::Paper for AasPinn {
                         let mut objective = 0.0;
                         for _ in 0..cfg.flow_steps {
                             let (x, logp) = flow.sample(cfg.interior, Kind::Float, device);
-                            let r2 = residual(&u, &x, a).square();
+                            let r2 = pinn.residual(&x, a).square();
                             let kl = logp.mean(Kind::Float) + 4f64.ln();
                             let j = r2.mean(Kind::Float).log() - kl * cfg.beta;
                             flow_opt.zero_grad();
@@ -262,9 +299,9 @@ impl crate::paper::Paper for AasPinn {
             let bpts = boundary_points(cfg.boundary, device);
             let g = exact_u(&bpts, a);
             for _ in 0..cfg.steps_per_stage {
-                let r = residual(&u, &points, a);
+                let r = pinn.residual(&points, a);
                 let loss_r = r.square().mean(Kind::Float);
-                let loss_b = (u(&bpts) - &g).square().mean(Kind::Float);
+                let loss_b = (pinn.u(&bpts) - &g).square().mean(Kind::Float);
                 let loss = &loss_r + &loss_b * cfg.boundary_weight;
                 opt.zero_grad();
                 loss.backward();
@@ -370,5 +407,40 @@ mod tests {
         };
         let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
         assert!((fd - g.double_value(&[0])).abs() < 1e-6 * fd.abs().max(1.0), "fd {fd} vs {}", g.double_value(&[0]));
+    }
+
+    #[test]
+    fn the_forward_mode_laplacian_equals_nested_autograd_with_its_gradients() {
+        tch::manual_seed(3);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let pinn = Pinn::new(&vs.root(), 12, 3);
+        vs.double();
+        // Non-zero biases, so that a dropped bias term would show.
+        tch::no_grad(|| {
+            for l in &pinn.hidden {
+                l.bs.as_ref().unwrap().shallow_clone().copy_(&(Tensor::randn([12], (Kind::Double, Device::Cpu)) * 0.5));
+            }
+        });
+        let x = (Tensor::rand([40, 2], (Kind::Double, Device::Cpu)) * 2.0 - 1.0).set_requires_grad(true);
+        let (u, lap) = pinn.u_and_laplacian(&x);
+        let want = laplacian(&|x: &Tensor| pinn.u(x), &x);
+        assert!((&u - pinn.u(&x)).abs().max().double_value(&[]) < 1e-12);
+        let scale = want.abs().max().double_value(&[]);
+        assert!(scale > 1e-2, "a Laplacian of {scale} tests nothing");
+        let err = (&lap - &want).abs().max().double_value(&[]);
+        assert!(err < 1e-10 * scale, "max |forward-mode Δu − autograd Δu| = {err} (scale {scale})");
+        // The gradients of Σ (Δu)² in x (what AAS's flow ascends through) and in every parameter.
+        let inputs: Vec<Tensor> = std::iter::once(x.shallow_clone()).chain(vs.trainable_variables()).collect();
+        let got = Tensor::run_backward(&[lap.square().sum(Kind::Double)], &inputs, true, false);
+        let expect = Tensor::run_backward(&[want.square().sum(Kind::Double)], &inputs, true, false);
+        for (g, e) in got.iter().zip(&expect) {
+            // (Δu does not depend on the output bias: both leave its gradient undefined.)
+            assert_eq!(g.defined(), e.defined());
+            if !e.defined() {
+                continue;
+            }
+            let scale = e.abs().max().double_value(&[]).max(1e-3);
+            assert!((g - e).abs().max().double_value(&[]) < 1e-9 * scale, "gradient {g:?} vs {e:?}");
+        }
     }
 }
