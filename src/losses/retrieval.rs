@@ -129,9 +129,12 @@ pub fn threshold_consistency(embeddings: &Tensor, labels: &Tensor, s: OpisSettin
     let classes = Vec::<i64>::try_from(labels.unique_dim(0, true, false, false).0.to_kind(Kind::Int64))?;
     let mut per_class = Vec::new();
     for c in &classes {
-        let rows = labels.eq(*c);
-        let genuine = sims.masked_select(&genuine_mask.logical_and(&rows.unsqueeze(1))).sort(0, false).0;
-        let impostor = sims.masked_select(&impostor_mask.logical_and(&rows.unsqueeze(1))).sort(0, false).0;
+        // The class's rows alone, in order: the same elements, in the same order, as masking the
+        // whole N×N matrix with the class's rows (and a class's share of the work).
+        let rows = labels.eq(*c).nonzero().squeeze_dim(1);
+        let class_sims = sims.index_select(0, &rows);
+        let genuine = class_sims.masked_select(&genuine_mask.index_select(0, &rows)).sort(0, false).0;
+        let impostor = class_sims.masked_select(&impostor_mask.index_select(0, &rows)).sort(0, false).0;
         if genuine.numel() == 0 {
             continue; // a singleton class has no genuine pair: no TAR to speak of
         }
