@@ -94,6 +94,12 @@ pub const UNSIGNED_OFFSET: f64 = -1e-9;
 ///   [`UNSIGNED_OFFSET`] = −1e-9 whatever the search scored, as EQ-Net stores it (not 0: a
 ///   quantiser that uses |β| gets the gradient sign(β)·∂L/∂|β|, and sign(0) = 0 would freeze it).
 pub fn clip_search(v: &Tensor, levels: Levels, symmetric: bool, per_channel: bool, search: ClipSearch) -> (Tensor, Tensor) {
+    clip_search_in_chunks(v, levels, symmetric, per_channel, search, None)
+}
+
+/// [`clip_search`] with `chunk` candidates scored at once (None: as many as keep the scored tensor
+/// near 2^24 elements).
+fn clip_search_in_chunks(v: &Tensor, levels: Levels, symmetric: bool, per_channel: bool, search: ClipSearch, chunk: Option<usize>) -> (Tensor, Tensor) {
     let rows = if per_channel && v.dim() > 1 { v.size()[0] } else { 1 };
     let flat = v.detach().reshape([rows, -1]);
     let span = levels.qn + levels.qp;
@@ -104,26 +110,34 @@ pub fn clip_search(v: &Tensor, levels: Levels, symmetric: bool, per_channel: boo
     } else {
         (flat.amax([1i64].as_slice(), true), flat.amin([1i64].as_slice(), true))
     };
-    let mut best_score: Option<Tensor> = None;
-    let (mut best_step, mut best_offset) = (hi.ones_like(), hi.zeros_like());
-    for k in 0..search.candidates.max(1) {
-        let r = 1.0 - search.shrink * k as f64;
-        let (h, l) = (&hi * r, &lo * r);
+    // All candidates at once ([rows, K, D], in chunks of K that keep it near 2^24 elements): the
+    // same arithmetic per candidate as one candidate at a time, and the first of equal scores wins
+    // (argmin's and a strict `<`'s choice), so the result is the loop's, at a few ops instead of
+    // ~12 per candidate.
+    let width = flat.size()[1].max(1);
+    let per_chunk = chunk.unwrap_or(((1i64 << 24) / (rows * width)).max(1) as usize).max(1);
+    let ratios: Vec<f64> = (0..search.candidates.max(1)).map(|k| 1.0 - search.shrink * k as f64).collect();
+    let mut best: Option<(Tensor, Tensor, Tensor)> = None; // (score, step, offset), each [rows, 1]
+    for chunk in ratios.chunks(per_chunk) {
+        let r = Tensor::from_slice(chunk).to_kind(flat.kind()).to_device(flat.device()).view([1, chunk.len() as i64]);
+        let (h, l) = (&hi * &r, &lo * &r); // [rows, k]
         let step = ((&h - &l) / span).clamp_min(1e-12);
         let offset = if symmetric { step.zeros_like() } else { &l + &step * levels.qn };
-        let q = ((&flat - &offset) / &step).clamp(-levels.qn, levels.qp).round() * &step + &offset;
-        let score = (&q - &flat).abs().pow_tensor_scalar(search.power).mean_dim([1i64].as_slice(), true, flat.kind());
-        let better = match &best_score {
-            None => score.ones_like().to_kind(tch::Kind::Bool),
-            Some(b) => score.lt_tensor(b),
-        };
-        best_step = step.where_self(&better, &best_step);
-        best_offset = offset.where_self(&better, &best_offset);
-        best_score = Some(match best_score {
-            None => score,
-            Some(b) => score.where_self(&better, &b),
+        let x = flat.unsqueeze(1);
+        let (s3, o3) = (step.unsqueeze(2), offset.unsqueeze(2));
+        let q = ((&x - &o3) / &s3).clamp(-levels.qn, levels.qp).round() * &s3 + &o3;
+        let score = (&q - &x).abs().pow_tensor_scalar(search.power).mean_dim([2i64].as_slice(), false, flat.kind()); // [rows, k]
+        let (min, at) = score.min_dim(1, true);
+        let (step, offset) = (step.gather(1, &at, false), offset.gather(1, &at, false));
+        best = Some(match best {
+            None => (min, step, offset),
+            Some((b, bs, bo)) => {
+                let better = min.lt_tensor(&b);
+                (min.where_self(&better, &b), step.where_self(&better, &bs), offset.where_self(&better, &bo))
+            }
         });
     }
+    let (_, best_step, mut best_offset) = best.expect("at least one candidate");
     if !symmetric && levels.qn == 0.0 {
         best_offset = best_offset.zeros_like() + UNSIGNED_OFFSET;
     }
@@ -162,6 +176,73 @@ pub fn lsq_init_step(v: &Tensor, levels: Levels, per_channel: bool) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The grid search one candidate at a time, as EQ-Net's loop runs it.
+    fn clip_search_one_at_a_time(v: &Tensor, levels: Levels, symmetric: bool, per_channel: bool, search: ClipSearch) -> (Tensor, Tensor) {
+        let rows = if per_channel && v.dim() > 1 { v.size()[0] } else { 1 };
+        let flat = v.detach().reshape([rows, -1]);
+        let span = levels.qn + levels.qp;
+        let (hi, lo) = if symmetric {
+            let m = flat.abs().amax([1i64].as_slice(), true);
+            let lo = if levels.qn == 0.0 { m.zeros_like() } else { -&m };
+            (m, lo)
+        } else {
+            (flat.amax([1i64].as_slice(), true), flat.amin([1i64].as_slice(), true))
+        };
+        let mut best_score: Option<Tensor> = None;
+        let (mut best_step, mut best_offset) = (hi.ones_like(), hi.zeros_like());
+        for k in 0..search.candidates.max(1) {
+            let r = 1.0 - search.shrink * k as f64;
+            let (h, l) = (&hi * r, &lo * r);
+            let step = ((&h - &l) / span).clamp_min(1e-12);
+            let offset = if symmetric { step.zeros_like() } else { &l + &step * levels.qn };
+            let q = ((&flat - &offset) / &step).clamp(-levels.qn, levels.qp).round() * &step + &offset;
+            let score = (&q - &flat).abs().pow_tensor_scalar(search.power).mean_dim([1i64].as_slice(), true, flat.kind());
+            let better = match &best_score {
+                None => score.ones_like().to_kind(tch::Kind::Bool),
+                Some(b) => score.lt_tensor(b),
+            };
+            best_step = step.where_self(&better, &best_step);
+            best_offset = offset.where_self(&better, &best_offset);
+            best_score = Some(match best_score {
+                None => score,
+                Some(b) => score.where_self(&better, &b),
+            });
+        }
+        if !symmetric && levels.qn == 0.0 {
+            best_offset = best_offset.zeros_like() + UNSIGNED_OFFSET;
+        }
+        if per_channel && v.dim() > 1 {
+            (best_step.view([rows]), best_offset.view([rows]))
+        } else {
+            (best_step.view([] as [i64; 0]), best_offset.view([] as [i64; 0]))
+        }
+    }
+
+    #[test]
+    fn the_batched_clip_search_picks_what_the_candidate_loop_picks() {
+        tch::manual_seed(8);
+        // Heavy-tailed rows (so the best ratio is inside the grid) and a tie-prone coarse grid.
+        let w = Tensor::randn([6, 40], (tch::Kind::Float, tch::Device::Cpu)).pow_tensor_scalar(3.0);
+        let relu_like = w.abs();
+        let search = ClipSearch { candidates: 37, shrink: 0.02, power: 2.4 };
+        let mut interior = 0;
+        for (v, levels) in [(&w, Levels::signed(3)), (&w, Levels::signed(8)), (&relu_like, Levels::unsigned(4))] {
+            for symmetric in [true, false] {
+                for per_channel in [true, false] {
+                    let (s0, o0) = clip_search_one_at_a_time(v, levels, symmetric, per_channel, search);
+                    for chunk in [None, Some(1), Some(5)] {
+                        let (s1, o1) = clip_search_in_chunks(v, levels, symmetric, per_channel, search, chunk);
+                        assert!(bool::try_from(s1.eq_tensor(&s0).all()).unwrap() && bool::try_from(o1.eq_tensor(&o0).all()).unwrap(), "sym {symmetric} ch {per_channel} chunk {chunk:?}: {s1:?} {o1:?} vs {s0:?} {o0:?}");
+                    }
+                    // How often the pick is neither end of the grid (else the test would be weak).
+                    let full = clip_search_one_at_a_time(v, levels, symmetric, per_channel, ClipSearch { candidates: 1, ..search }).0;
+                    interior += i64::from(bool::try_from(s0.lt_tensor(&(&full * 0.999)).any()).unwrap());
+                }
+            }
+        }
+        assert!(interior >= 4, "only {interior} of 12 searches picked a clipped ratio");
+    }
     use crate::context::Rng;
     use crate::testutil::f64s;
     use tch::Kind;
