@@ -122,22 +122,17 @@ impl Augment {
         if self.shift > 0 {
             let s = self.shift;
             let (h, w) = (image_shape[1], image_shape[2]);
-            let padded = img.constant_pad_nd([s, s, s, s].as_slice());
-            let offsets: Vec<(i64, i64)> = (0..n).map(|_| (rng.below(2 * s as u64 + 1) as i64, rng.below(2 * s as u64 + 1) as i64)).collect();
-            let mut out = img.zeros_like();
-            // One crop per distinct offset, applied to the samples that drew it.
-            for dy in 0..=2 * s {
-                for dx in 0..=2 * s {
-                    let members: Vec<i64> = offsets.iter().enumerate().filter(|(_, o)| **o == (dy, dx)).map(|(i, _)| i as i64).collect();
-                    if members.is_empty() {
-                        continue;
-                    }
-                    let idx = Tensor::from_slice(&members).to_device(x.device());
-                    let crop = padded.index_select(0, &idx).narrow(2, dy, h).narrow(3, dx, w);
-                    let _ = out.index_copy_(0, &idx, &crop);
-                }
-            }
-            img = out;
+            let (c, hp, wp) = (image_shape[0], h + 2 * s, w + 2 * s);
+            let padded = img.constant_pad_nd([s, s, s, s].as_slice()).view([n, c * hp * wp]);
+            let offsets: Vec<i64> = (0..n).map(|_| (rng.below(2 * s as u64 + 1) as i64, rng.below(2 * s as u64 + 1) as i64)).map(|(dy, dx)| dy * wp + dx).collect();
+            // One gather: output pixel (c, y, x) of sample i is padded pixel (c, y + dy_i, x + dx_i),
+            // so a crop is the unshifted crop's flat index plus dy_i·W' + dx_i. Pure copies, so the
+            // values (and, each padded pixel feeding at most one output pixel, the gradients) are
+            // those of cropping sample by sample.
+            let opts = (Kind::Int64, x.device());
+            let crop = Tensor::arange(c, opts).view([c, 1, 1]) * (hp * wp) + Tensor::arange(h, opts).view([1, h, 1]) * wp + Tensor::arange(w, opts).view([1, 1, w]);
+            let index = crop.view([1, c * h * w]) + Tensor::from_slice(&offsets).to_device(x.device()).view([n, 1]);
+            img = padded.gather(1, &index, false).view([n, c, h, w]);
         }
         img.view(flat_shape.as_slice())
     }
@@ -756,6 +751,29 @@ mod tests {
         let twice = flip.apply(&once, &[1, 3, 3], &mut Rng::new(1));
         assert!(bool::try_from(twice.eq_tensor(&x).all()).unwrap());
         assert!(bool::try_from(Augment::default().apply(&x, &[1, 3, 3], &mut Rng::new(0)).eq_tensor(&x).all()).unwrap());
+    }
+
+    #[test]
+    fn the_shift_is_each_sample_s_own_crop_of_the_padded_image_with_its_gradient() {
+        // Two channels, a non-square image and shift 2, so a channel or row/column mix-up shows.
+        let (n, c, h, w, s) = (7i64, 2i64, 3i64, 4i64, 2i64);
+        let x = (Tensor::arange(n * c * h * w, (Kind::Double, Device::Cpu)) + 1.0).view([n, c * h * w]).set_requires_grad(true);
+        let out = Augment { shift: s, hflip: false }.apply(&x, &[c, h, w], &mut Rng::new(11));
+        // The reference: the same draws, one crop per sample.
+        let mut rng = Rng::new(11);
+        let padded = x.view([n, c, h, w]).constant_pad_nd([s, s, s, s].as_slice());
+        let want: Vec<Tensor> = (0..n)
+            .map(|i| {
+                let (dy, dx) = (rng.below(2 * s as u64 + 1) as i64, rng.below(2 * s as u64 + 1) as i64);
+                padded.get(i).narrow(1, dy, h).narrow(2, dx, w).flatten(0, -1)
+            })
+            .collect();
+        let want = Tensor::stack(&want, 0);
+        assert!(bool::try_from(out.eq_tensor(&want).all()).unwrap(), "{out} vs {want}");
+        let weights = Tensor::arange(n * c * h * w, (Kind::Double, Device::Cpu)).view([n, c * h * w]).sin();
+        let g = Tensor::run_backward(&[(&out * &weights).sum(Kind::Double)], &[&x], true, false).remove(0);
+        let g_want = Tensor::run_backward(&[(&want * &weights).sum(Kind::Double)], &[&x], true, false).remove(0);
+        assert!(bool::try_from(g.eq_tensor(&g_want).all()).unwrap());
     }
 
     #[test]
