@@ -166,45 +166,66 @@ impl ModuleT for OrthCnn {
     }
 }
 
+/// ‖G_r − I‖²/rows of each of R kernels [R, M, C, k, k] as conv layers on [C, n, n] inputs
+/// (G = M Mᵀ for `row` orthogonality, else MᵀM; M the layer's dense matrix), all at once: the
+/// kernels stacked along the output channels make one conv of the basis images, whose output
+/// splits into each kernel's dense matrix (as `dense_matrix` builds it), and the Gram matrices are
+/// batched products. The losses are independent, so the gradient of their sum is each kernel's
+/// own (the existence search's restarts run as one batch, not one after another).
+fn orthogonality_losses(kernels: &Tensor, n: i64, stride: i64, padding: Padding, row: bool) -> Tensor {
+    let [r, m, c, k, _] = kernels.size()[..] else { panic!("kernels must be [R, M, C, k, k]") };
+    let n_in = c * n * n;
+    let basis = Tensor::eye(n_in, (kernels.kind(), kernels.device())).view([n_in, c, n, n]);
+    let out = conv(&basis, &kernels.view([r * m, c, k, k]), stride, padding);
+    let (ho, wo) = (out.size()[2], out.size()[3]);
+    let mats = out.view([n_in, r, m * ho * wo]).permute([1, 2, 0]); // [R, out, in]
+    let g = if row { mats.bmm(&mats.transpose(1, 2)) } else { mats.transpose(1, 2).bmm(&mats) };
+    let eye = Tensor::eye(g.size()[1], (g.kind(), g.device()));
+    let rows = g.size()[1] as f64;
+    (g - eye).square().sum_dim_intlist([1i64, 2].as_slice(), false, kernels.kind()) / rows
+}
+
 impl OrthogonalConv {
     fn existence(cfg: &Config, ctx: &mut RunCtx) -> Result<()> {
         let padding = if cfg.existence_circular { Padding::Circular } else { Padding::Zeros };
         let row = row_orthogonal(cfg.m, cfg.c, cfg.stride);
-        let loss_of = |k: &Tensor| {
-            let kmat = dense_matrix(k, cfg.c, cfg.n, cfg.n, cfg.stride, padding);
-            let g = if row { kmat.mm(&kmat.transpose(0, 1)) } else { kmat.transpose(0, 1).mm(&kmat) };
-            let eye = Tensor::eye(g.size()[0], (g.kind(), g.device()));
-            let rows = g.size()[0] as f64;
-            (g - eye).square().sum(Kind::Float) / rows
-        };
-        let total = cfg.existence_steps * cfg.existence_restarts.max(1);
-        let (mut best_loss, mut best_offcentre) = (f64::INFINITY, 0.0);
-        for restart in 0..cfg.existence_restarts.max(1) {
-            let vs = nn::VarStore::new(ctx.device);
-            let bound = 1.0 / ((cfg.c * cfg.k * cfg.k) as f64).sqrt();
-            let kernel = vs.root().var("k", &[cfg.m, cfg.c, cfg.k, cfg.k], nn::Init::Uniform { lo: -bound, up: bound });
-            let mut opt = nn::Adam::default().build(&vs, 1e-2)?;
-            let mut last = f64::INFINITY;
-            for step in 1..=cfg.existence_steps {
-                if step == cfg.existence_steps / 2 {
-                    opt.set_lr(1e-3);
-                }
-                let loss = loss_of(&kernel);
-                opt.backward_step(&loss);
-                if step % 100 == 0 || step == cfg.existence_steps {
-                    last = f64::try_from(loss.detach())?;
-                    ctx.log_all(restart * cfg.existence_steps + step, &[("restart_loss_per_row", last)])?;
-                }
-                ctx.tick(restart * cfg.existence_steps + step, total)?;
+        let restarts = cfg.existence_restarts.max(1) as i64;
+        let shape = [cfg.m, cfg.c, cfg.k, cfg.k];
+        let losses_of = |kernels: &Tensor| orthogonality_losses(kernels, cfg.n, cfg.stride, padding, row);
+        // Each restart's initialisation drawn as its own tensor, in restart order (as one
+        // VarStore per restart drew them).
+        let bound = 1.0 / ((cfg.c * cfg.k * cfg.k) as f64).sqrt();
+        let init = Tensor::stack(&(0..restarts).map(|_| Tensor::zeros(shape, (Kind::Float, ctx.device)).uniform_(-bound, bound)).collect::<Vec<_>>(), 0);
+        let vs = nn::VarStore::new(ctx.device);
+        let kernels = vs.root().var_copy("k", &init);
+        let mut opt = nn::Adam::default().build(&vs, 1e-2)?;
+        let mut history: Vec<(u64, Vec<f64>)> = Vec::new();
+        for step in 1..=cfg.existence_steps {
+            if step == cfg.existence_steps / 2 {
+                opt.set_lr(1e-3);
             }
-            if last < best_loss {
-                // How much of the kernel lies off the centre tap (→ 0 for trivial, Dirac-like kernels).
-                let centre = kernel.narrow(2, cfg.k / 2, 1).narrow(3, cfg.k / 2, 1).square().sum(Kind::Double);
-                let all = kernel.square().sum(Kind::Double);
-                best_loss = last;
-                best_offcentre = 1.0 - f64::try_from(centre / all)?;
+            let losses = losses_of(&kernels);
+            opt.backward_step(&losses.sum(Kind::Float));
+            if step % 100 == 0 || step == cfg.existence_steps {
+                history.push((step, Vec::<f64>::try_from(losses.detach().to_kind(Kind::Double))?));
+            }
+            ctx.tick(step, cfg.existence_steps)?;
+        }
+        // The log as the restarts ran one after another before: restart r's steps at r·steps + s.
+        for r in 0..restarts as usize {
+            for (step, losses) in &history {
+                ctx.log_all(r as u64 * cfg.existence_steps + step, &[("restart_loss_per_row", losses[r])])?;
             }
         }
+        let last = &history.last().expect("at least one step").1;
+        // The first restart with the lowest final loss.
+        let best = (0..last.len()).fold(0, |b, r| if last[r] < last[b] { r } else { b });
+        let best_loss = last[best];
+        // How much of the kernel lies off the centre tap (→ 0 for trivial, Dirac-like kernels).
+        let kernel = kernels.get(best as i64);
+        let centre = kernel.narrow(2, cfg.k / 2, 1).narrow(3, cfg.k / 2, 1).square().sum(Kind::Double);
+        let all = kernel.square().sum(Kind::Double);
+        let best_offcentre = 1.0 - f64::try_from(centre / all)?;
         ctx.set_final("orth_loss_per_row", best_loss)?;
         ctx.set_final("offcentre_fraction", best_offcentre)
     }
@@ -322,6 +343,26 @@ fn spectrum_grid(spectrum_size: Option<i64>, image: (i64, i64), strides: &[i64])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_batched_restart_losses_are_each_kernel_s_own_dense_matrix_loss() {
+        tch::manual_seed(4);
+        for (padding, stride, row) in [(Padding::Circular, 1, true), (Padding::Zeros, 1, false), (Padding::Circular, 2, true), (Padding::Zeros, 2, false)] {
+            let kernels = Tensor::randn([3, 2, 2, 3, 3], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+            let got = orthogonality_losses(&kernels, 4, stride, padding, row);
+            for r in 0..3 {
+                let mat = dense_matrix(&kernels.get(r), 2, 4, 4, stride, padding);
+                let g = if row { mat.mm(&mat.tr()) } else { mat.tr().mm(&mat) };
+                let want = (&g - Tensor::eye(g.size()[0], (Kind::Double, Device::Cpu))).square().sum(Kind::Double) / g.size()[0] as f64;
+                let (a, b) = (got.double_value(&[r]), want.double_value(&[]));
+                assert!((a - b).abs() < 1e-12 * b.max(1.0), "{padding:?} stride {stride} row {row} restart {r}: {a} vs {b}");
+                // The sum's gradient in kernel r is kernel r's own loss gradient.
+                let gs = Tensor::run_backward(&[got.sum(Kind::Double)], &[&kernels], true, false).remove(0).get(r);
+                let gr = Tensor::run_backward(&[&want], &[&kernels], true, false).remove(0).get(r);
+                assert!((gs - gr).abs().max().double_value(&[]) < 1e-11);
+            }
+        }
+    }
 
     fn dirac(m: i64, k: i64) -> Tensor {
         let kernel = Tensor::zeros([m, m, k, k], (Kind::Double, Device::Cpu));
