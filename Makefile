@@ -81,9 +81,12 @@ bench: build
 	@echo "# reglab vs PyTorch eager ($$(date -u +%Y-%m-%d), \`make bench\`)" > bench/results.md
 	@echo >> bench/results.md
 	$(BENCH_PYTHON) bench/stablemax_bench.py --reglab $(REGLAB) --threads $(BENCH_THREADS) | tee -a bench/results.md
+	@echo >> bench/results.md
+	$(BENCH_PYTHON) bench/elr_bench.py --reglab $(REGLAB) --threads $(BENCH_THREADS) | tee -a bench/results.md
 	$(BENCH_PYTHON) bench/pieces.py --threads $(BENCH_THREADS)
 
-# The whole CPU suite's wall time as `make -j2 sweep` runs it, per spec; about an hour here.
+# The whole CPU suite's wall time as `make -j2 sweep` runs it, per spec, appended to bench/suite.md
+# (its own file: `make bench` rewrites results.md); about an hour here.
 bench-suite: build
 	$(PYTHON) bench/suite.py --reglab $(REGLAB)
 

@@ -1,7 +1,7 @@
 """`make bench-suite`: the whole CPU suite's wall time — every experiments/*.yaml run as `make -j2
 sweep` runs it (two specs at a time, each `reglab -q run SPEC --threads 1`, one job) — per spec
 and in total, with the CPU utilisation over the sweep (user + system time of the children ÷ wall
-time ÷ cores). Prints a table and appends it to bench/results.md. Not a test; long (the sum of
+time ÷ cores). Prints a table and appends it to bench/suite.md. Not a test; long (the sum of
 every spec)."""
 
 import argparse
@@ -25,7 +25,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reglab", default="target/release/reglab")
     ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--results", default="bench/results.md")
+    ap.add_argument("--results", default="bench/suite.md")
     ap.add_argument("specs", nargs="*")
     args = ap.parse_args()
     specs = args.specs or sorted(glob.glob("experiments/*.yaml"))
@@ -47,7 +47,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     with open(args.results, "a") as f:
-        f.write("\n## whole CPU suite (bench/suite.py)\n\n" + table + "\n")
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "?"
+        which = "every spec" if not args.specs else f"{len(specs)} specs named on the command line"
+        f.write(f"\n## {time.strftime('%Y-%m-%d', time.gmtime())}, commit {rev}, {which}\n\n" + table + "\n")
 
 
 if __name__ == "__main__":
