@@ -19,16 +19,16 @@ Run by `make bench`; not a test.
 import argparse
 import csv
 import gzip
-import json
 import math
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
+
+from reglab_run import reglab_wall_s
 
 SPEC = """name: bench_elr
 paper: elr
@@ -113,14 +113,7 @@ def torch_loop(data_dir, epochs, threads):
 
 
 def reglab_loop(binary, epochs, threads, workdir, data_dir):
-    spec = os.path.join(workdir, "bench_elr.yaml")
-    with open(spec, "w") as f:
-        f.write(SPEC.format(epochs=epochs))
-    out = os.path.join(workdir, "res")
-    subprocess.run([binary, "-q", "run", spec, "--out", out, "--force", "--threads", str(threads), "--data-dir", data_dir],
-                   check=True, stdout=subprocess.DEVNULL)
-    with open(os.path.join(out, "bench_elr", "runs", "default__s0", "run.json")) as f:
-        return json.load(f)["wall_s"]
+    return reglab_wall_s(binary, SPEC.format(epochs=epochs), "bench_elr", threads, workdir, ("--data-dir", data_dir))
 
 
 def main():

@@ -10,15 +10,15 @@ Run by `make bench`; not a test.
 """
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
+
+from reglab_run import reglab_wall_s
 
 SPEC = """name: bench
 paper: stablemax_grokking
@@ -79,14 +79,7 @@ def torch_loop(epochs, threads, p=61, train_fraction=0.5, log_every=10):
 
 
 def reglab_loop(binary, epochs, threads, workdir):
-    spec = os.path.join(workdir, "bench.yaml")
-    with open(spec, "w") as f:
-        f.write(SPEC.format(epochs=epochs))
-    out = os.path.join(workdir, "res")
-    subprocess.run([binary, "-q", "run", spec, "--out", out, "--force", "--threads", str(threads)],
-                   check=True, stdout=subprocess.DEVNULL)
-    with open(os.path.join(out, "bench", "runs", "default__s0", "run.json")) as f:
-        return json.load(f)["wall_s"]
+    return reglab_wall_s(binary, SPEC.format(epochs=epochs), "bench", threads, workdir)
 
 
 def main():
