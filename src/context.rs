@@ -91,6 +91,16 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
+    /// The generator's whole state, to keep beside a cached stage.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// The generator that [`Rng::state`] returned `state` for.
+    pub fn from_state(state: u64) -> Self {
+        Rng(state)
+    }
+
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -178,6 +188,17 @@ pub struct RunCtx {
     started: Instant,
     last_print: Option<Instant>,
     step: u64,
+    /// Where [`crate::stage_cache`] keeps the stages this spec's runs share; `None`: not cached.
+    stage_dir: Option<PathBuf>,
+    /// What a stage being computed logs, kept to replay on the runs that reuse it.
+    recording: Option<Recording>,
+}
+
+/// The metrics one stage logged and the summary values it set, in order.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Recording {
+    pub logs: Vec<(u64, String, f64)>,
+    pub finals: Vec<(String, f64)>,
 }
 
 impl RunCtx {
@@ -203,12 +224,46 @@ impl RunCtx {
             started: Instant::now(),
             last_print: None,
             step: 0,
+            stage_dir: None,
+            recording: None,
         })
     }
 
     /// The run's own directory, for artifacts such as `plan.npz`.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Lets this run reuse (and keep) shared stages in `dir` (the runner gives every run of one
+    /// experiment the same folder).
+    pub fn set_stage_dir(&mut self, dir: &Path) {
+        self.stage_dir = Some(dir.to_path_buf());
+    }
+
+    pub fn stage_dir(&self) -> Option<&Path> {
+        self.stage_dir.as_deref()
+    }
+
+    /// Starts keeping every `log` and `set_final` (a stage is being computed).
+    pub(crate) fn start_recording(&mut self) {
+        self.recording = Some(Recording::default());
+    }
+
+    /// Stops keeping them and returns what was kept.
+    pub(crate) fn take_recording(&mut self) -> Recording {
+        self.recording.take().unwrap_or_default()
+    }
+
+    /// Logs and sets again what a stage recorded, as if it had just run here.
+    pub(crate) fn replay(&mut self, rec: &Recording) -> Result<()> {
+        for (step, metric, value) in &rec.logs {
+            self.log(*step, metric, *value)?;
+        }
+        for (metric, value) in &rec.finals {
+            self.set_final(metric, *value)?;
+        }
+        self.metrics.flush()?;
+        self.check_cancel()
     }
 
     pub fn rng(&mut self) -> &mut Rng {
@@ -225,6 +280,9 @@ impl RunCtx {
             return Err(Diverged { step, metric: metric.to_string(), value }.into());
         }
         self.last.insert(metric.to_string(), value);
+        if let Some(rec) = &mut self.recording {
+            rec.logs.push((step, metric.to_string(), value));
+        }
         Ok(())
     }
 
@@ -243,6 +301,9 @@ impl RunCtx {
             return Err(Diverged { step: self.step, metric: metric.to_string(), value }.into());
         }
         self.finals.insert(metric.to_string(), value);
+        if let Some(rec) = &mut self.recording {
+            rec.finals.push((metric.to_string(), value));
+        }
         Ok(())
     }
 

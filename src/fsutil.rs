@@ -22,7 +22,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// `host.pid.n`: unique to this write among every process that may write the same folder — array
 /// tasks on other machines of a shared filesystem can have the same pid, and threads of one
 /// process the same pid and host.
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{}.{}.{n}", crate::params::sanitize(&crate::provenance::host()), std::process::id())

@@ -24,6 +24,7 @@ pub mod robust;
 pub mod runner;
 pub mod slurm;
 pub mod spec;
+pub mod stage_cache;
 pub mod train;
 #[cfg(test)]
 pub(crate) mod testutil;

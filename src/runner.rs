@@ -90,6 +90,10 @@ pub fn execute(plan: &RunPlan, dir: &Path, settings: &RunSettings) -> Result<Sta
     let started_at = provenance::now_rfc3339();
     let clock = Instant::now();
     let mut ctx = RunCtx::new(dir, &plan.id, plan.seed, settings.device, settings.progress, &settings.data_dir)?;
+    // Every run of the experiment (`<exp>/runs/<id>`) shares `<exp>/stage_cache`.
+    if let Some(exp_dir) = dir.parent().and_then(Path::parent) {
+        ctx.set_stage_dir(&crate::stage_cache::dir_for(exp_dir));
+    }
     tracing::info!(run = %plan.id, "start");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (entry.run)(&plan.config, &mut ctx)));
     let _ = ctx.finish();
