@@ -56,7 +56,7 @@ use crate::data::DataConfig;
 use crate::losses::distribution::frechet_distance;
 use crate::models::diffusion::{guided_eps, timestep_embedding, Schedule};
 use crate::models::feature_classifier::{self, FeatureClassifier};
-use crate::models::init;
+use crate::models::{init, state};
 
 pub struct CtrlU;
 
@@ -309,6 +309,28 @@ fn standard_normal(shape: &[i64], rng: &mut Rng, device: Device) -> Tensor {
     crate::models::diffusion::gaussian(shape, rng).to_device(device)
 }
 
+/// The config with every key that only the arms' fine-tuning and evaluation read reset: what the
+/// classifiers and the base DDPM depend on (a key left in can only cost a reuse).
+fn stage_key(cfg: &Config) -> Config {
+    let d = Config::default();
+    Config {
+        method: d.method,
+        guidance_scale: d.guidance_scale,
+        finetune_steps: d.finetune_steps,
+        finetune_lr: d.finetune_lr,
+        lr_warmup_steps: d.lr_warmup_steps,
+        grad_scale: d.grad_scale,
+        linear_reward_scale_steps: d.linear_reward_scale_steps,
+        add_timestep: d.add_timestep,
+        max_timestep_rewarding: d.max_timestep_rewarding,
+        u_scale: d.u_scale,
+        max_grad_norm: d.max_grad_norm,
+        eval_samples: d.eval_samples,
+        ddim_steps: d.ddim_steps,
+        ..cfg.clone()
+    }
+}
+
 impl crate::paper::Paper for CtrlU {
     const KEY: &'static str = "ctrl_u";
     const TITLE: &'static str = "Ctrl-U: Robust Conditional Image Generation via Uncertainty-aware Reward Modeling";
@@ -365,43 +387,60 @@ impl crate::paper::Paper for CtrlU {
             bail!("`reward_train_size` ({}) must be below the training split's {} images", cfg.reward_train_size, n);
         }
 
-        // The reward model on a few training images; the evaluator on the test split, which the
-        // generator never sees.
-        let mut order: Vec<i64> = (0..n).collect();
-        rng.shuffle(&mut order);
-        let few = Tensor::from_slice(&order[..cfg.reward_train_size]).to_device(device);
-        let rest = Tensor::from_slice(&order[cfg.reward_train_size..]).to_device(device);
-        let (mut reward_vs, reward) = train_classifier(cfg, &train_x.index_select(0, &few), &train_y.index_select(0, &few), k, &mut rng)?;
-        let (mut eval_vs, evaluator) = train_classifier(cfg, &test_x, test_y, k, &mut rng)?;
-        tch::no_grad(|| -> Result<()> {
-            let (x_rest, y_rest) = (train_x.index_select(0, &rest), train_y.index_select(0, &rest));
-            ctx.set_final("reward_model_acc", reward.accuracy(&x_rest, &y_rest)?)?;
-            ctx.set_final("eval_model_acc", evaluator.accuracy(&x_rest, &y_rest)?)?;
-            Ok(())
+        // The reward model, the evaluator and the base DDPM, the same for every arm of a seed:
+        // computed by the first run of the seed and reused by the others (`stage_cache`).
+        let sched = Schedule::linear(cfg.timesteps, cfg.beta_start, cfg.beta_end);
+        let total = cfg.base_steps + if cfg.method == Method::Base { 0 } else { cfg.finetune_steps };
+        let stage = crate::stage_cache::cached(ctx, "ctrl_u/classifiers+base_ddpm", &stage_key(cfg), &mut rng, |ctx, rng| {
+            // The reward model on a few training images; the evaluator on the test split, which
+            // the generator never sees.
+            let mut order: Vec<i64> = (0..n).collect();
+            rng.shuffle(&mut order);
+            let few = Tensor::from_slice(&order[..cfg.reward_train_size]).to_device(device);
+            let rest = Tensor::from_slice(&order[cfg.reward_train_size..]).to_device(device);
+            let (reward_vs, reward) = train_classifier(cfg, &train_x.index_select(0, &few), &train_y.index_select(0, &few), k, rng)?;
+            let (eval_vs, evaluator) = train_classifier(cfg, &test_x, test_y, k, rng)?;
+            tch::no_grad(|| -> Result<()> {
+                let (x_rest, y_rest) = (train_x.index_select(0, &rest), train_y.index_select(0, &rest));
+                ctx.set_final("reward_model_acc", reward.accuracy(&x_rest, &y_rest)?)?;
+                ctx.set_final("eval_model_acc", evaluator.accuracy(&x_rest, &y_rest)?)?;
+                Ok(())
+            })?;
+
+            // The base conditional DDPM on every training image.
+            let vs = nn::VarStore::new(device);
+            let net = Denoiser::new(&vs.root(), dim, k, cfg);
+            let mut opt = nn::Adam::default().build(&vs, cfg.base_lr)?;
+            for step in 0..cfg.base_steps {
+                let (idx, t) = draw(rng, n, cfg.batch_size, cfg.timesteps, device);
+                let (x0, y) = (train_x.index_select(0, &idx), train_y.index_select(0, &idx));
+                let eps = standard_normal(&[cfg.batch_size as i64, dim], rng, device);
+                let keep: Vec<f32> = (0..cfg.batch_size).map(|_| if rng.uniform() < cfg.cfg_dropout { 0.0 } else { 1.0 }).collect();
+                let keep = Tensor::from_slice(&keep).to_device(device);
+                let loss = net.eps(&sched.q_sample(&x0, &t, &eps), &t, &y, Some(&keep)).mse_loss(&eps, tch::Reduction::Mean);
+                opt.backward_step(&loss);
+                if (step + 1) % cfg.log_every == 0 {
+                    ctx.log(step + 1, "base_loss", f64::try_from(&loss)?)?;
+                }
+                ctx.tick(step + 1, total)?;
+            }
+            Ok([&reward_vs, &eval_vs, &vs].into_iter().flat_map(state::copy).collect())
         })?;
+        // Fresh modules take the stage's weights (their own initial draws come after the stage's
+        // reseed of torch, alike whether it was computed or reused).
+        let (mut reward_vs, mut eval_vs, vs) = (nn::VarStore::new(device), nn::VarStore::new(device), nn::VarStore::new(device));
+        let reward = FeatureClassifier::new(&reward_vs.root(), dim, cfg.classifier_hidden, k);
+        let evaluator = FeatureClassifier::new(&eval_vs.root(), dim, cfg.classifier_hidden, k);
+        let net = Denoiser::new(&vs.root(), dim, k, cfg);
+        let mut rest = &stage[..];
+        for v in [&reward_vs, &eval_vs, &vs] {
+            let n_vars = v.variables().len();
+            state::load(v, &rest[..n_vars]);
+            rest = &rest[n_vars..];
+        }
         // Frozen: the reward's gradient reaches the generator through the classifier's input only.
         reward_vs.freeze();
         eval_vs.freeze();
-
-        // The base conditional DDPM on every training image.
-        let sched = Schedule::linear(cfg.timesteps, cfg.beta_start, cfg.beta_end);
-        let vs = nn::VarStore::new(device);
-        let net = Denoiser::new(&vs.root(), dim, k, cfg);
-        let mut opt = nn::Adam::default().build(&vs, cfg.base_lr)?;
-        let total = cfg.base_steps + if cfg.method == Method::Base { 0 } else { cfg.finetune_steps };
-        for step in 0..cfg.base_steps {
-            let (idx, t) = draw(&mut rng, n, cfg.batch_size, cfg.timesteps, device);
-            let (x0, y) = (train_x.index_select(0, &idx), train_y.index_select(0, &idx));
-            let eps = standard_normal(&[cfg.batch_size as i64, dim], &mut rng, device);
-            let keep: Vec<f32> = (0..cfg.batch_size).map(|_| if rng.uniform() < cfg.cfg_dropout { 0.0 } else { 1.0 }).collect();
-            let keep = Tensor::from_slice(&keep).to_device(device);
-            let loss = net.eps(&sched.q_sample(&x0, &t, &eps), &t, &y, Some(&keep)).mse_loss(&eps, tch::Reduction::Mean);
-            opt.backward_step(&loss);
-            if (step + 1) % cfg.log_every == 0 {
-                ctx.log(step + 1, "base_loss", f64::try_from(&loss)?)?;
-            }
-            ctx.tick(step + 1, total)?;
-        }
 
         // Reward fine-tuning (the note's step 1–7 on the toy).
         let weighting = match cfg.method {

@@ -55,7 +55,7 @@ use tch::{Kind, Tensor};
 
 use crate::context::{Rng, RunCtx};
 use crate::data::{DataConfig, Split};
-use crate::models::init;
+use crate::models::{init, state};
 use crate::models::quant::{clip_search, lsq, lsq_affine, ClipSearch, Levels};
 
 pub struct EqNet;
@@ -478,6 +478,29 @@ fn accuracy(net: &ElasticMlp, config: Option<&[LayerChoice]>, split: &Split) -> 
     Ok(f64::try_from(correct)? / n as f64)
 }
 
+/// The config with every key that only the methods' own training and evaluation read reset:
+/// what the shared pretraining and calibration depend on (a key left in can only cost a reuse).
+fn stage_key(cfg: &Config) -> Config {
+    let d = Config::default();
+    Config {
+        method: d.method,
+        epochs: d.epochs,
+        batch_size: d.batch_size,
+        lr: d.lr,
+        clip_value: d.clip_value,
+        kurtosis_weight: d.kurtosis_weight,
+        skew_weight: d.skew_weight,
+        distill_alpha: d.distill_alpha,
+        static_bits: d.static_bits,
+        static_form: d.static_form,
+        static_act_symmetric: d.static_act_symmetric,
+        eval_bits: d.eval_bits,
+        mixed_configs: d.mixed_configs,
+        log_every: d.log_every,
+        ..cfg.clone()
+    }
+}
+
 impl crate::paper::Paper for EqNet {
     const KEY: &'static str = "eq_net";
     const TITLE: &'static str = "EQ-Net: Elastic Quantization Neural Networks";
@@ -526,30 +549,41 @@ impl crate::paper::Paper for EqNet {
         let n = data.train.x.size()[0] as usize;
         let mut rng = Rng::new(ctx.seed ^ 0xE0_2E7);
 
-        // Full-precision pretraining, the same for every method of a seed.
-        let mut pre = nn::Adam::default().build(&vs, cfg.pretrain_lr)?;
-        for epoch in 0..cfg.pretrain_epochs {
-            for idx in data.train.batches(cfg.pretrain_batch_size, &mut rng) {
-                let loss = net.forward_with(&data.train.x.index_select(0, &idx), None).cross_entropy_for_logits(&data.train.y.index_select(0, &idx));
-                pre.zero_grad();
-                loss.backward();
-                pre.step();
-            }
-            ctx.tick(epoch + 1, cfg.pretrain_epochs + cfg.epochs)?;
-        }
-        ctx.set_final("fp_test_acc", accuracy(&net, None, &data.test)?)?;
+        // Full-precision pretraining and calibration, the same for every method of a seed:
+        // computed by the first run of the seed and reused by the others (`stage_cache`).
         let elastic: Vec<usize> = (1..layers - 1).collect();
         let kurtosis_gap = |net: &ElasticMlp| -> f64 {
             elastic.iter().map(|&l| (kurtosis_skewness(&net.layers[l].ws.detach()).0.double_value(&[]) - cfg.target_kurtosis).abs()).sum::<f64>() / elastic.len() as f64
         };
-        ctx.set_final("fp_kurtosis_gap", kurtosis_gap(&net))?;
+        let stage = crate::stage_cache::cached(ctx, "eq_net/pretrain+calibration", &stage_key(cfg), &mut rng, |ctx, rng| {
+            let mut pre = nn::Adam::default().build(&vs, cfg.pretrain_lr)?;
+            for epoch in 0..cfg.pretrain_epochs {
+                for idx in data.train.batches(cfg.pretrain_batch_size, rng) {
+                    let loss = net.forward_with(&data.train.x.index_select(0, &idx), None).cross_entropy_for_logits(&data.train.y.index_select(0, &idx));
+                    pre.zero_grad();
+                    loss.backward();
+                    pre.step();
+                }
+                ctx.tick(epoch + 1, cfg.pretrain_epochs + cfg.epochs)?;
+            }
+            ctx.set_final("fp_test_acc", accuracy(&net, None, &data.test)?)?;
+            ctx.set_final("fp_kurtosis_gap", kurtosis_gap(&net))?;
 
-        // Calibration on the first `calibration_size` of a seeded shuffle.
-        let mut order: Vec<i64> = (0..n as i64).collect();
-        rng.shuffle(&mut order);
-        order.truncate(cfg.calibration_size.min(n));
-        let calib = data.train.x.index_select(0, &Tensor::from_slice(&order).to_device(device));
-        net.calibrate(&calib, cfg.clip_search, cfg.sym_channel_candidates);
+            // Calibration on the first `calibration_size` of a seeded shuffle.
+            let mut order: Vec<i64> = (0..n as i64).collect();
+            rng.shuffle(&mut order);
+            order.truncate(cfg.calibration_size.min(n));
+            let calib = data.train.x.index_select(0, &Tensor::from_slice(&order).to_device(device));
+            net.calibrate(&calib, cfg.clip_search, cfg.sym_channel_candidates);
+            let mut out = state::copy(&vs);
+            out.push(Tensor::from_slice(&net.inputs.iter().map(|q| q.unsigned).collect::<Vec<bool>>()));
+            Ok(out)
+        })?;
+        let (vars, unsigned) = stage.split_at(stage.len() - 1);
+        state::load(&vs, vars);
+        for (q, u) in net.inputs.iter_mut().zip(Vec::<bool>::try_from(&unsigned[0])?) {
+            q.unsigned = u;
+        }
 
         if cfg.method != Method::Ptq && cfg.epochs > 0 {
             let mut opt = nn::Adam::default().build(&vs, cfg.lr)?;
