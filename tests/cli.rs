@@ -215,6 +215,76 @@ fn same_thread_count_gives_the_same_bytes_whatever_jobs_is() {
     }
 }
 
+/// Two papers whose runs share a stage, small: the GAN pretraining of every unlearning arm (torch
+/// draws follow it), and the experts that both IPCs of a distillation method train from.
+const SHARED_STAGES: [(&str, &str); 2] = [
+    (
+        "gan",
+        "paper: adapt_unlearn_gan
+seeds: [0, 1]
+params: { pretrain_steps: 150, adapt_steps: 10, unlearn_steps: 20, classifier_epochs: 3, classifier_hidden: 32, g_hidden: [32], d_hidden: [32], feedback_samples: 2000, eval_samples: 200, adaptations: 2, log_every: 20 }
+variants:
+  - { name: pretrained, params: { method: pretrained } }
+  - { name: finetune, params: { method: finetune } }
+  - { name: el2, params: { method: el2 } }
+",
+    ),
+    (
+        "dd",
+        "paper: dataset_distillation
+seeds: [0, 1]
+params: { experts: 2, expert_epochs: 2, iterations: 2, syn_steps: 2, match_epochs: 1, max_start_epoch: 1, eval_runs: 1, eval_epochs: 2, log_every: 1 }
+variants:
+  - { name: mtt_ipc1, params: { method: mtt, ipc: 1 } }
+  - { name: mtt_ipc2, params: { method: mtt, ipc: 2 } }
+",
+    ),
+];
+
+#[test]
+fn a_stage_shared_by_runs_is_computed_once_per_seed_and_changes_no_result() {
+    let dir = scratch("stages");
+    for (name, yaml) in SHARED_STAGES {
+        let spec = write(&dir, &format!("{name}.yaml"), yaml);
+        let go = |out: &str, no_cache: bool, force: bool| {
+            let root = dir.join(out);
+            let mut cmd = bin();
+            cmd.args(["-q", "run", spec.to_str().unwrap(), "--out", root.to_str().unwrap(), "--jobs", "2"]);
+            if force {
+                cmd.arg("--force");
+            }
+            if no_cache {
+                cmd.env("REGLAB_NO_STAGE_CACHE", "1");
+            }
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{name}: {}", text(&out));
+            root.join(name)
+        };
+        let entries = |exp: &Path| -> usize {
+            std::fs::read_dir(exp.join("stage_cache")).map_or(0, |d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count())
+        };
+        let plain = go("plain", true, false);
+        let cached = go("cached", false, false);
+        assert_eq!(entries(&plain), 0, "{name}: REGLAB_NO_STAGE_CACHE=1 keeps nothing");
+        assert_eq!(entries(&cached), 2, "{name}: one stage per seed, whatever the number of runs that use it");
+        // --force reruns every run; each now reuses its seed's stage.
+        let mtime = |exp: &Path| -> Vec<std::time::SystemTime> {
+            let mut v: Vec<_> = std::fs::read_dir(exp.join("stage_cache")).unwrap().map(|e| e.unwrap().metadata().unwrap().modified().unwrap()).collect();
+            v.sort();
+            v
+        };
+        let before = mtime(&cached);
+        let again = go("cached", false, true);
+        assert_eq!(mtime(&again), before, "{name}: nothing recomputed");
+        for id in run_dirs(&plain) {
+            let (a, b) = (plain.join("runs").join(&id), cached.join("runs").join(&id));
+            let metrics = |d: &Path| std::fs::read_to_string(d.join("metrics.csv")).unwrap();
+            assert_eq!(metrics(&a), metrics(&b), "{name} {id}: metrics.csv with and without the reused stage");
+            assert_eq!(summary_without_wall(&a.join("summary.csv")), summary_without_wall(&b.join("summary.csv")), "{name} {id}: summary.csv");
+        }
+    }
+}
+
 /// Relative tolerance promised across thread counts (README, "Determinism"): libtorch may sum in
 /// another order with more threads, so the last bits differ and training can amplify them a little.
 const ACROSS_THREADS_RTOL: f64 = 1e-4;
