@@ -371,15 +371,15 @@ fn evaluate(model: &Cnn, layers: &[Layer], x: &Tensor, y: &Tensor, masking: &mut
 impl FtwtPruning {
     /// Dense pretraining with SGD and momentum, cosine or step schedule, with the data block's augmentation.
     /// Logs `pretrain_train_ce` per epoch; progress counts epochs out of `total` (the run's).
-    fn pretrain(cfg: &Config, model: &Cnn, vs: &nn::VarStore, data: &Data, ctx: &mut RunCtx, total: u64) -> Result<()> {
+    fn pretrain(cfg: &Config, model: &Cnn, vs: &nn::VarStore, data: &Data, ctx: &mut RunCtx, rng: &mut Rng, total: u64) -> Result<()> {
         let schedule = if cfg.pretrain_milestones.is_empty() { ScheduleKind::Cosine } else { ScheduleKind::Multistep };
         let optim = sgd(cfg.pretrain_lr, cfg.momentum, cfg.weight_decay, schedule, &cfg.pretrain_milestones, cfg.lr_gamma);
         let mut opt = optim.build(vs)?;
         for epoch in 0..cfg.pretrain_epochs {
             opt.set_lr(optim.lr_at(epoch, cfg.pretrain_epochs));
             let (mut ce_sum, mut batches) = (0.0, 0usize);
-            for idx in data.train.batches(cfg.batch_size, ctx.rng()) {
-                let x = data.augment.apply(&data.train.x.index_select(0, &idx), &data.image_shape, ctx.rng());
+            for idx in data.train.batches(cfg.batch_size, rng) {
+                let x = data.augment.apply(&data.train.x.index_select(0, &idx), &data.image_shape, rng);
                 let (logits, _) = model.forward(&x, true, &mut Masking::None);
                 let ce = logits.cross_entropy_for_logits(&data.train.y.index_select(0, &idx));
                 opt.backward_step(&ce);
@@ -491,6 +491,27 @@ impl FtwtPruning {
     }
 }
 
+/// The config with every key that only fine-tuning and the masks read reset: what the dense
+/// pretraining depends on (a key left in can only cost a reuse).
+fn stage_key(cfg: &Config) -> Config {
+    let d = Config::default();
+    Config {
+        method: d.method,
+        criterion: d.criterion,
+        threshold: d.threshold,
+        delta: d.delta,
+        decoupled: d.decoupled,
+        softmax: d.softmax,
+        epochs: d.epochs,
+        lr: d.lr,
+        milestones: d.milestones,
+        predictor_lr: d.predictor_lr,
+        mask_loss_weight: d.mask_loss_weight,
+        cooldown: d.cooldown,
+        ..cfg.clone()
+    }
+}
+
 impl crate::paper::Paper for FtwtPruning {
     const KEY: &'static str = "ftwt_pruning";
     const TITLE: &'static str = "Fire Together Wire Together: A Dynamic Pruning Approach with Self-Supervised Mask Prediction";
@@ -554,9 +575,17 @@ impl crate::paper::Paper for FtwtPruning {
         let dense_macs = chain_dense_macs(&layers);
         let matched_run = matches!(cfg.method, Method::Random | Method::Static);
         let total = cfg.pretrain_epochs + cfg.epochs * if matched_run { 2 } else { 1 };
-        Self::pretrain(cfg, &model, &vs, &data, ctx, total)?;
-        let pre = evaluate(&model, &layers, &data.test.x, &data.test.y, &mut Masking::None)?;
-        ctx.set_final("pretrain_test_acc", pre.acc)?;
+        // Dense pretraining, the same for every method of a seed: computed by the first run of the
+        // seed and reused by the others (`stage_cache`). It draws from the run's own RNG.
+        let mut rng = ctx.rng().clone();
+        let pretrained = crate::stage_cache::cached(ctx, "ftwt_pruning/pretraining", &stage_key(cfg), &mut rng, |ctx, rng| {
+            Self::pretrain(cfg, &model, &vs, &data, ctx, rng, total)?;
+            let pre = evaluate(&model, &layers, &data.test.x, &data.test.y, &mut Masking::None)?;
+            ctx.set_final("pretrain_test_acc", pre.acc)?;
+            Ok(state::copy(&vs))
+        })?;
+        state::load(&vs, &pretrained);
+        *ctx.rng() = rng;
         ctx.set_final("dense_macs", dense_macs)?;
         let matched = match cfg.method {
             Method::Random | Method::Static => {
