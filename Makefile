@@ -83,6 +83,9 @@ bench: build
 	$(BENCH_PYTHON) bench/stablemax_bench.py --reglab $(REGLAB) --threads $(BENCH_THREADS) | tee -a bench/results.md
 	@echo >> bench/results.md
 	$(BENCH_PYTHON) bench/elr_bench.py --reglab $(REGLAB) --threads $(BENCH_THREADS) | tee -a bench/results.md
+	@echo >> bench/results.md
+	@test -f $(DATA_DIR)/fashion_mnist/train-images-idx3-ubyte.gz || $(MAKE) data
+	$(BENCH_PYTHON) bench/resnet_bench.py --reglab $(REGLAB) --data-dir $(DATA_DIR) --threads $(BENCH_THREADS) | tee -a bench/results.md
 	$(BENCH_PYTHON) bench/pieces.py --threads $(BENCH_THREADS)
 
 # The whole CPU suite's wall time as `make -j2 sweep` runs it, per spec, appended to bench/suite.md

@@ -63,7 +63,7 @@ def evaluate(model, xte, yte, xtr, ytr, ytrue):
         bins = torch.clamp((conf * 15).long(), max=14)
         ece = sum((bins == b).double().sum() / len(yte) * ((correct[bins == b].mean() - conf[bins == b].double().mean()).abs()) for b in range(15) if (bins == b).any())
         order = conf.argsort(descending=True)
-        risk = (1 - correct[order]).cumsum(0) / torch.arange(1, len(yte) + 1)
+        risk = (1 - correct[order]).cumsum(0) / torch.arange(1, len(yte) + 1, device=yte.device)
         out += [ece, risk.mean(), (zt.topk(5, -1).indices == yte.unsqueeze(1)).any(-1).double().mean()]
         pl = zl.argmax(-1)
         noisy = ytr != ytrue
