@@ -197,6 +197,8 @@ pub struct RunCtx {
 /// The metrics one stage logged and the summary values it set, in order.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Recording {
+    /// The step counter when the stage ended.
+    pub step: u64,
     pub logs: Vec<(u64, String, f64)>,
     pub finals: Vec<(String, f64)>,
 }
@@ -251,7 +253,14 @@ impl RunCtx {
 
     /// Stops keeping them and returns what was kept.
     pub(crate) fn take_recording(&mut self) -> Recording {
-        self.recording.take().unwrap_or_default()
+        let mut rec = self.recording.take().unwrap_or_default();
+        rec.step = self.step;
+        rec
+    }
+
+    /// The step of the last `log` or `tick`.
+    pub(crate) fn step(&self) -> u64 {
+        self.step
     }
 
     /// Logs and sets again what a stage recorded, as if it had just run here.
@@ -262,6 +271,7 @@ impl RunCtx {
         for (metric, value) in &rec.finals {
             self.set_final(metric, *value)?;
         }
+        self.step = rec.step;
         self.metrics.flush()?;
         self.check_cancel()
     }

@@ -3,19 +3,23 @@
 //! reused by the other runs.
 //!
 //! Each run is its own process (crash isolation, `--jobs`), so the cache is on disk: a folder per
-//! experiment (`<out>/<spec>/stage_cache/`), one `.pt` of tensors and one `.json` (what the stage
-//! logged, the summary values it set, the paper's Rust RNG after it) per stage and seed. A file lock
-//! per entry makes a second run that needs the same stage wait for the first instead of computing
-//! it too; the lock goes with its process, so a killed run leaves none behind.
+//! experiment (`<out>/<spec>/stage_cache/`), and per stage, seed and key one `.pt` of tensors and
+//! one `.json` (what the stage logged, the summary values it set, the step counter, the paper's
+//! Rust RNG after it). A file lock per entry makes a second run that needs the same stage wait for
+//! the first instead of computing it too (Ctrl-C still stops the wait); a local filesystem drops
+//! the lock with its process, so a killed run leaves none behind. Where the cache cannot be used —
+//! no locks on this filesystem, a full disk — the stage is computed as if there were none.
 //!
 //! A reused stage must leave the run exactly where computing it would have: the same tensors
 //! (saved losslessly), the same metrics in `metrics.csv` (replayed), the same Rust RNG. Torch's
 //! global generator cannot be read or set through tch, so after a stage — computed, reused or
-//! uncached alike — it is reseeded from the run's seed and the stage's name. The key holds
-//! everything the result depends on: the stage's name, the config the paper passes (the whole
-//! config with the arm-only keys reset, so a key it forgets can only cost a hit, never give a wrong
-//! one), the seed, the device, torch's thread count and this executable's SHA-256 (a rebuilt
-//! binary recomputes). `REGLAB_NO_STAGE_CACHE=1` turns reuse off; deleting the folder clears it.
+//! uncached alike — it is reseeded from the run's seed and the stage's name. The key holds what
+//! the stage's result depends on within one build and one dataset: the stage's name, the config
+//! the paper passes (the whole config with the arm-only keys reset, so a key it forgets can only
+//! cost a hit, never give a wrong one), the seed, the device, torch's thread count and this
+//! executable's SHA-256 (a rebuilt binary recomputes). libtorch is linked dynamically and the
+//! dataset files are not hashed: after replacing either, delete the folder. `REGLAB_NO_STAGE_CACHE=1`
+//! turns reuse off.
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -41,6 +45,8 @@ struct Entry {
     seed: u64,
     tensors: usize,
     rng: u64,
+    /// The run's step counter after the stage (a later `failed` summary names it).
+    step: u64,
     logs: Vec<(u64, String, u64)>,
     finals: Vec<(String, u64)>,
 }
@@ -48,6 +54,7 @@ struct Entry {
 impl Entry {
     fn recording(&self) -> Recording {
         Recording {
+            step: self.step,
             logs: self.logs.iter().map(|(s, m, v)| (*s, m.clone(), f64::from_bits(*v))).collect(),
             finals: self.finals.iter().map(|(m, v)| (m.clone(), f64::from_bits(*v))).collect(),
         }
@@ -103,6 +110,36 @@ fn reseed(seed: u64, stage: &str) -> i64 {
     ((seed ^ salt) & i64::MAX as u64) as i64
 }
 
+/// The entry's files and its lock, or why the cache cannot be used here (then the stage is
+/// computed without it: a filesystem without locks or a full disk must not fail the run).
+fn open_entry<K: Serialize>(dir: &Path, stage: &str, key: &K, seed: u64, device: Device) -> Result<(PathBuf, PathBuf, File)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the stage cache {}", dir.display()))?;
+    let base = format!("{}-seed{seed}-{}", crate::params::sanitize(stage), key_hash(stage, key, seed, device)?);
+    let (pt, json, lock_path) = (dir.join(format!("{base}.pt")), dir.join(format!("{base}.json")), dir.join(format!("{base}.lock")));
+    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
+    Ok((pt, json, lock))
+}
+
+/// Waits for the entry's lock (another run may be computing the stage), stopping if Ctrl-C is
+/// pressed; an error other than "held" means this filesystem has no working locks.
+fn wait_for_lock(lock: &File, ctx: &RunCtx) -> Result<bool> {
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if crate::context::cancel_requested() {
+                    return Err(crate::context::Interrupted { step: ctx.step() }.into());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                tracing::warn!("the stage cache cannot lock its entry ({e}); computing the stage without it");
+                return Ok(false);
+            }
+        }
+    }
+}
+
 fn through_cache<K: Serialize>(
     ctx: &mut RunCtx,
     dir: &Path,
@@ -111,12 +148,19 @@ fn through_cache<K: Serialize>(
     rng: &mut Rng,
     compute: impl FnOnce(&mut RunCtx, &mut Rng) -> Result<Vec<Tensor>>,
 ) -> Result<Vec<Tensor>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create the stage cache {}", dir.display()))?;
-    let base = dir.join(format!("{}-seed{}-{}", crate::params::sanitize(stage), ctx.seed, key_hash(stage, key, ctx.seed, ctx.device)?));
-    let (pt, json) = (base.with_extension("pt"), base.with_extension("json"));
-    let lock_path = base.with_extension("lock");
-    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
-    lock.lock().with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    let opened = open_entry(dir, stage, key, ctx.seed, ctx.device);
+    let locked = match &opened {
+        Ok((_, _, lock)) => wait_for_lock(lock, ctx)?,
+        Err(e) => {
+            tracing::warn!("the stage cache cannot be used ({e:#}); computing the stage without it");
+            false
+        }
+    };
+    let (Ok((pt, json, lock)), true) = (opened, locked) else {
+        let out = compute(ctx, rng)?;
+        LAST.with(|l| l.set(Some(Source::Uncached)));
+        return Ok(out.iter().map(Tensor::detach).collect());
+    };
     if json.is_file() && pt.is_file() {
         match load(&json, &pt, stage, ctx.seed, ctx.device) {
             Ok((entry, tensors)) => {
@@ -138,10 +182,13 @@ fn through_cache<K: Serialize>(
         seed: ctx.seed,
         tensors: out.len(),
         rng: rng.state(),
+        step: recording.step,
         logs: recording.logs.iter().map(|(s, m, v)| (*s, m.clone(), v.to_bits())).collect(),
         finals: recording.finals.iter().map(|(m, v)| (m.clone(), v.to_bits())).collect(),
     };
-    store(&pt, &json, &out, &entry)?;
+    if let Err(e) = store(&pt, &json, &out, &entry) {
+        tracing::warn!("the stage cache cannot keep {} ({e:#}); the other runs will compute it again", json.display());
+    }
     drop(lock);
     LAST.with(|l| l.set(Some(Source::Computed)));
     Ok(out)
@@ -166,7 +213,7 @@ fn load(json: &Path, pt: &Path, stage: &str, seed: u64, device: Device) -> Resul
         bail!("it holds stage `{}` of seed {}", entry.stage, entry.seed);
     }
     let mut named = Tensor::load_multi_with_device(pt, device)?;
-    named.sort_by_key(|(n, _)| n[1..].parse::<usize>().unwrap_or(usize::MAX));
+    named.sort_by_key(|(n, _)| n.strip_prefix('t').and_then(|i| i.parse::<usize>().ok()).unwrap_or(usize::MAX));
     if named.len() != entry.tensors || named.iter().enumerate().any(|(i, (n, _))| *n != tensor_name(i)) {
         bail!("it holds {} tensors, its index says {}", named.len(), entry.tensors);
     }
@@ -273,6 +320,38 @@ mod tests {
         let again = run(&root.join("e"), Some(&cache), &mut calls, 1.0);
         assert_eq!((again.3, calls), (Some(Source::Computed), 4));
         assert_eq!((again.0, again.2), (uncached.0.clone(), uncached.2.clone()));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_second_run_waits_for_the_one_computing_the_stage_and_reuses_it() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let root = std::env::temp_dir().join(format!("reglab-stage-wait-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let cache = root.join("cache");
+        let computed = AtomicU32::new(0);
+        let go = |name: &str, delay_ms: u64| {
+            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            let mut ctx = ctx_in(&root.join(name), Some(&cache));
+            let mut rng = Rng::new(5);
+            let out = cached(&mut ctx, "test/slow", &1, &mut rng, |c, r| {
+                computed.fetch_add(1, Ordering::SeqCst);
+                // Long enough that the second run asks while this one holds the lock.
+                std::thread::sleep(std::time::Duration::from_millis(600));
+                c.log_all(1, &[("slow", r.uniform())])?;
+                Ok(vec![Tensor::from_slice(&[r.uniform()])])
+            })
+            .unwrap();
+            (f64s(&out[0]), rng.state(), last_source())
+        };
+        let (first, second) = std::thread::scope(|s| {
+            let a = s.spawn(|| go("a", 0));
+            let b = s.spawn(|| go("b", 150));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        assert_eq!(computed.load(Ordering::SeqCst), 1, "the second run waited for the lock instead of computing too");
+        assert_eq!((first.2, second.2), (Some(Source::Computed), Some(Source::Reused)));
+        assert_eq!((first.0, first.1), (second.0, second.1));
         std::fs::remove_dir_all(&root).unwrap();
     }
 

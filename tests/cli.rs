@@ -215,9 +215,12 @@ fn same_thread_count_gives_the_same_bytes_whatever_jobs_is() {
     }
 }
 
-/// Two papers whose runs share a stage, small: the GAN pretraining of every unlearning arm (torch
-/// draws follow it), and the experts that both IPCs of a distillation method train from.
-const SHARED_STAGES: [(&str, &str); 2] = [
+/// Every paper whose runs share a stage, small: the GAN pretraining of every unlearning arm (torch
+/// draws follow it), the experts that both IPCs of a distillation method train from, eq_net's
+/// pretrained and calibrated network (with its quantisers' signedness, kept outside the tensors),
+/// ctrl_u's classifiers and base DDPM (frozen after loading), ftwt_pruning's dense pretraining
+/// (BatchNorm statistics, the run's own RNG).
+const SHARED_STAGES: [(&str, &str); 5] = [
     (
         "gan",
         "paper: adapt_unlearn_gan
@@ -239,6 +242,36 @@ variants:
   - { name: mtt_ipc2, params: { method: mtt, ipc: 2 } }
 ",
     ),
+    (
+        "eq",
+        "paper: eq_net
+seeds: [0, 1]
+params: { data: { name: digits, flatten: true, normalize: standardize }, hidden: [8, 8], pretrain_epochs: 1, epochs: 1, calibration_size: 64, mixed_configs: 2, eval_bits: [2, 8] }
+variants:
+  - { name: ptq, params: { method: ptq } }
+  - { name: static_w2, params: { method: static, static_bits: 2 } }
+",
+    ),
+    (
+        "ctrl",
+        "paper: ctrl_u
+seeds: [0, 1]
+params: { data: { name: digits, flatten: true, test_fraction: 0.35 }, hidden: [32], base_steps: 20, finetune_steps: 4, lr_warmup_steps: 2, linear_reward_scale_steps: 2, classifier_epochs: 1, classifier_hidden: 16, batch_size: 32, eval_samples: 50, ddim_steps: 4, log_every: 5 }
+variants:
+  - { name: base, params: { method: base } }
+  - { name: ctrl_u, params: { method: ctrl_u } }
+",
+    ),
+    (
+        "ftwt",
+        "paper: ftwt_pruning
+seeds: [0, 1]
+params: { pretrain_epochs: 1, epochs: 2, milestones: [1] }
+variants:
+  - { name: dense, params: { method: dense } }
+  - { name: random, params: { method: random, threshold: 0.85 } }
+",
+    ),
 ];
 
 #[test]
@@ -255,6 +288,8 @@ fn a_stage_shared_by_runs_is_computed_once_per_seed_and_changes_no_result() {
             }
             if no_cache {
                 cmd.env("REGLAB_NO_STAGE_CACHE", "1");
+            } else {
+                cmd.env_remove("REGLAB_NO_STAGE_CACHE");
             }
             let out = cmd.output().unwrap();
             assert!(out.status.success(), "{name}: {}", text(&out));
@@ -263,10 +298,20 @@ fn a_stage_shared_by_runs_is_computed_once_per_seed_and_changes_no_result() {
         let entries = |exp: &Path| -> usize {
             std::fs::read_dir(exp.join("stage_cache")).map_or(0, |d| d.filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "json")).count())
         };
+        let same_results = |a: &Path, b: &Path, pass: &str| {
+            for id in run_dirs(a) {
+                let (a, b) = (a.join("runs").join(&id), b.join("runs").join(&id));
+                let metrics = |d: &Path| std::fs::read_to_string(d.join("metrics.csv")).unwrap();
+                assert_eq!(metrics(&a), metrics(&b), "{name} {id} ({pass}): metrics.csv with and without the cache");
+                assert_eq!(summary_without_wall(&a.join("summary.csv")), summary_without_wall(&b.join("summary.csv")), "{name} {id} ({pass}): summary.csv");
+            }
+        };
         let plain = go("plain", true, false);
         let cached = go("cached", false, false);
         assert_eq!(entries(&plain), 0, "{name}: REGLAB_NO_STAGE_CACHE=1 keeps nothing");
         assert_eq!(entries(&cached), 2, "{name}: one stage per seed, whatever the number of runs that use it");
+        // The first pass: the run that computed each stage and those that reused it.
+        same_results(&plain, &cached, "computed and reused");
         // --force reruns every run; each now reuses its seed's stage.
         let mtime = |exp: &Path| -> Vec<std::time::SystemTime> {
             let mut v: Vec<_> = std::fs::read_dir(exp.join("stage_cache")).unwrap().map(|e| e.unwrap().metadata().unwrap().modified().unwrap()).collect();
@@ -276,12 +321,7 @@ fn a_stage_shared_by_runs_is_computed_once_per_seed_and_changes_no_result() {
         let before = mtime(&cached);
         let again = go("cached", false, true);
         assert_eq!(mtime(&again), before, "{name}: nothing recomputed");
-        for id in run_dirs(&plain) {
-            let (a, b) = (plain.join("runs").join(&id), cached.join("runs").join(&id));
-            let metrics = |d: &Path| std::fs::read_to_string(d.join("metrics.csv")).unwrap();
-            assert_eq!(metrics(&a), metrics(&b), "{name} {id}: metrics.csv with and without the reused stage");
-            assert_eq!(summary_without_wall(&a.join("summary.csv")), summary_without_wall(&b.join("summary.csv")), "{name} {id}: summary.csv");
-        }
+        same_results(&plain, &again, "all reused");
     }
 }
 
