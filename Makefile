@@ -89,7 +89,7 @@ bench: build
 	$(BENCH_PYTHON) bench/pieces.py --threads $(BENCH_THREADS)
 
 # The whole CPU suite's wall time as `make -j2 sweep` runs it, per spec, appended to bench/suite.md
-# (its own file: `make bench` rewrites results.md); about an hour here.
+# (its own file: `make bench` rewrites results.md); about 45 minutes here.
 bench-suite: build
 	$(PYTHON) bench/suite.py --reglab $(REGLAB)
 

@@ -21,14 +21,12 @@ import csv
 import gzip
 import math
 import os
-import statistics
-import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
 
-from reglab_run import reglab_wall_s
+from reglab_run import alternate, reglab_wall_s, summary
 
 SPEC = """name: bench_elr
 paper: elr
@@ -124,20 +122,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
-    rl, pt, ratios = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            steps, t_torch = torch_loop(args.data_dir, args.epochs, args.threads)
-            t_reglab = reglab_loop(args.reglab, args.epochs, args.threads, tmp, args.data_dir)
-            rl.append(steps / t_reglab)
-            pt.append(steps / t_torch)
-            ratios.append(rl[-1] / pt[-1])
-            print(f"round {r + 1}: reglab {rl[-1]:.0f} steps/s, pytorch eager {pt[-1]:.0f} steps/s", flush=True)
-    print(f"elr small-batch loop (digits, MLP 64-256-256-10, batch 128, {args.epochs} epochs, evaluation every 5), {args.threads} threads, torch {torch.__version__}")
-    print(f"reglab:        {statistics.median(rl):.0f} steps/s [{min(rl):.0f}, {max(rl):.0f}] (median [min, max] of {args.rounds})")
-    print(f"pytorch eager: {statistics.median(pt):.0f} steps/s [{min(pt):.0f}, {max(pt):.0f}]")
-    print(f"ratio reglab / pytorch: {statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] (median of per-round ratios)")
+    def one_round(tmp):
+        steps, t_torch = torch_loop(args.data_dir, args.epochs, args.threads)
+        return steps, t_torch, reglab_loop(args.reglab, args.epochs, args.threads, tmp, args.data_dir)
 
+    rl, pt, ratios = alternate(args.rounds, one_round, "steps/s")
+    title = f"elr small-batch loop (digits, MLP 64-256-256-10, batch 128, {args.epochs} epochs, evaluation every 5), {args.threads} threads, torch {torch.__version__}"
+    summary(title, rl, pt, ratios, "steps/s")
 
 if __name__ == "__main__":
     main()

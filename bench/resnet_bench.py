@@ -19,9 +19,7 @@ Run by `make bench` (it needs `make data` for Fashion-MNIST); not a test.
 import argparse
 import gzip
 import os
-import statistics
 import struct
-import tempfile
 import time
 
 import torch
@@ -29,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from elr_bench import evaluate
-from reglab_run import reglab_wall_s
+from reglab_run import alternate, reglab_wall_s, summary
 
 SPEC = """name: bench_resnet
 paper: elr
@@ -140,21 +138,15 @@ def main():
     args = ap.parse_args()
     if not os.path.isfile(os.path.join(args.data_dir, "fashion_mnist", "train-images-idx3-ubyte.gz")):
         raise SystemExit(f"resnet_bench: Fashion-MNIST is not in {args.data_dir}/fashion_mnist; run `make data` first")
-    rl, pt, ratios = [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            samples, t_torch = torch_loop(args.data_dir, args.train_size, args.test_size, args.epochs, args.threads, args.device)
-            spec = SPEC.format(device=args.device, train=args.train_size, test=args.test_size, epochs=args.epochs)
-            t_reglab = reglab_wall_s(args.reglab, spec, "bench_resnet", args.threads, tmp, ("--data-dir", args.data_dir))
-            rl.append(samples / t_reglab)
-            pt.append(samples / t_torch)
-            ratios.append(rl[-1] / pt[-1])
-            print(f"round {r + 1}: reglab {rl[-1]:.1f} samples/s, pytorch eager {pt[-1]:.1f} samples/s", flush=True)
-    print(f"ResNet-18 on Fashion-MNIST ({args.train_size} training images x {args.epochs} epochs, batch 128, then the evaluation on {args.test_size} test images), {args.device}, {args.threads} threads, torch {torch.__version__}")
-    print(f"reglab:        {statistics.median(rl):.1f} training samples/s [{min(rl):.1f}, {max(rl):.1f}] (median [min, max] of {args.rounds})")
-    print(f"pytorch eager: {statistics.median(pt):.1f} training samples/s [{min(pt):.1f}, {max(pt):.1f}]")
-    print(f"ratio reglab / pytorch: {statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}] (median of per-round ratios)")
+    spec = SPEC.format(device=args.device, train=args.train_size, test=args.test_size, epochs=args.epochs)
 
+    def one_round(tmp):
+        samples, t_torch = torch_loop(args.data_dir, args.train_size, args.test_size, args.epochs, args.threads, args.device)
+        return samples, t_torch, reglab_wall_s(args.reglab, spec, "bench_resnet", args.threads, tmp, ("--data-dir", args.data_dir))
+
+    rl, pt, ratios = alternate(args.rounds, one_round, "training samples/s", digits=1)
+    title = f"ResNet-18 on Fashion-MNIST ({args.train_size} training images x {args.epochs} epochs, batch 128, then the evaluation on {args.test_size} test images), {args.device}, {args.threads} threads, torch {torch.__version__}"
+    summary(title, rl, pt, ratios, "training samples/s", digits=1)
 
 if __name__ == "__main__":
     main()
