@@ -19,6 +19,8 @@ use reglab::robust::smoothing::{certify, Smoothing};
 use reglab::train::second_order::{hutchinson_trace, hvp};
 
 fn threads() {
+    // What the binary sets when it starts, so the pieces are timed as runs see them.
+    reglab::malloc::tune();
     let n = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     tch::set_num_threads(n);
     tch::manual_seed(0);

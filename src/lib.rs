@@ -9,6 +9,7 @@ pub mod data;
 pub mod device;
 pub mod fsutil;
 pub mod losses;
+pub mod malloc;
 pub mod models;
 pub mod numerics;
 pub mod online;

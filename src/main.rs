@@ -174,6 +174,8 @@ struct SlurmArgs {
 const DEFAULT_THREADS: i32 = 1;
 
 fn main() -> ExitCode {
+    // Before libtorch allocates a tensor: keep its buffers mapped from step to step.
+    reglab::malloc::tune();
     let cli = Cli::parse();
     init_tracing(cli.quiet, cli.verbose);
     match dispatch(cli) {
