@@ -32,6 +32,24 @@ use tch::{Device, Tensor};
 
 use crate::context::{Recording, Rng, RunCtx};
 
+/// A stage's key: `cfg` with each named field reset to its `Default` value — the keys only the
+/// arms read, so that a key left out of the list can only cost a reuse, never give a wrong one.
+/// `with_defaults!(cfg; method, epochs)`.
+macro_rules! with_defaults {
+    ($cfg:expr; $($field:ident),+ $(,)?) => {{
+        let mut key = ::std::clone::Clone::clone($cfg);
+        let defaults = {
+            fn default_like<T: Default>(_: &T) -> T {
+                T::default()
+            }
+            default_like(&key)
+        };
+        $(key.$field = defaults.$field;)+
+        key
+    }};
+}
+pub(crate) use with_defaults;
+
 /// The folder the runner gives every run of the experiment in `exp_dir`.
 pub fn dir_for(exp_dir: &Path) -> PathBuf {
     exp_dir.join("stage_cache")
@@ -353,6 +371,24 @@ mod tests {
         assert_eq!((first.2, second.2), (Some(Source::Computed), Some(Source::Reused)));
         assert_eq!((first.0, first.1), (second.0, second.1));
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn with_defaults_resets_the_named_fields_only() {
+        #[derive(Clone, Debug, PartialEq)]
+        struct Cfg {
+            a: u32,
+            b: Vec<u32>,
+            c: f64,
+        }
+        impl Default for Cfg {
+            fn default() -> Self {
+                Cfg { a: 1, b: vec![2], c: 3.0 }
+            }
+        }
+        let cfg = Cfg { a: 10, b: vec![20, 21], c: 30.0 };
+        assert_eq!(with_defaults!(&cfg; a, c), Cfg { a: 1, b: vec![20, 21], c: 3.0 });
+        assert_eq!(with_defaults!(&cfg; b), Cfg { a: 10, b: vec![2], c: 30.0 });
     }
 
     #[test]

@@ -26,6 +26,19 @@ pub fn load(vs: &nn::VarStore, state: &[Tensor]) {
     });
 }
 
+/// Writes back one vector that holds several stores' [`copy`]s one after another (as a cached
+/// stage keeps them), each store taking as many tensors as it has variables.
+pub fn load_all(stores: &[&nn::VarStore], state: &[Tensor]) {
+    let total: usize = stores.iter().map(|vs| vs.variables().len()).sum();
+    assert_eq!(total, state.len(), "the stores hold {total} variables, the state {}", state.len());
+    let mut rest = state;
+    for vs in stores {
+        let (mine, others) = rest.split_at(vs.variables().len());
+        load(vs, mine);
+        rest = others;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +65,24 @@ mod tests {
         for (v, s) in variables(&vs).iter().zip(&saved) {
             assert_eq!(f64s(v), f64s(s));
         }
+    }
+
+    #[test]
+    fn load_all_hands_each_store_its_own_slice_of_the_state() {
+        let (a, b) = (nn::VarStore::new(Device::Cpu), nn::VarStore::new(Device::Cpu));
+        let _la = nn::linear(a.root() / "l", 2, 3, Default::default());
+        let _lb = nn::linear(b.root() / "l", 3, 1, Default::default());
+        let saved: Vec<Tensor> = [&a, &b].into_iter().flat_map(copy).collect();
+        for vs in [&a, &b] {
+            for v in variables(vs) {
+                tch::no_grad(|| {
+                    let _ = v.shallow_clone().fill_(9.0);
+                });
+            }
+        }
+        load_all(&[&a, &b], &saved);
+        let back: Vec<Vec<f64>> = [&a, &b].into_iter().flat_map(|vs| variables(vs)).map(|v| f64s(&v)).collect();
+        assert_eq!(back, saved.iter().map(f64s).collect::<Vec<_>>());
+        assert!(std::panic::catch_unwind(|| load_all(&[&a], &saved)).is_err(), "a state of another size is refused");
     }
 }

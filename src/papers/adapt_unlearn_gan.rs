@@ -299,22 +299,7 @@ fn train_classifier(cfg: &Config, x: &Tensor, y: &Tensor, classes: i64, rng: &mu
 /// The config with every key that only the arms read reset: what the classifiers and the
 /// pretrained GAN depend on (a key left in can only cost a reuse).
 fn stage_key(cfg: &Config) -> Config {
-    let d = Config::default();
-    Config {
-        method: d.method,
-        undesired_class: d.undesired_class,
-        feedback_samples: d.feedback_samples,
-        adaptations: d.adaptations,
-        adapt_steps: d.adapt_steps,
-        ewc_lambda: d.ewc_lambda,
-        fisher_samples: d.fisher_samples,
-        normalise_fisher: d.normalise_fisher,
-        unlearn_steps: d.unlearn_steps,
-        repulsion_scale: d.repulsion_scale,
-        extrapolation_gamma: d.extrapolation_gamma,
-        eval_samples: d.eval_samples,
-        ..cfg.clone()
-    }
+    crate::stage_cache::with_defaults!(cfg; method, undesired_class, feedback_samples, adaptations, adapt_steps, ewc_lambda, fisher_samples, normalise_fisher, unlearn_steps, repulsion_scale, extrapolation_gamma, eval_samples)
 }
 
 impl crate::paper::Paper for AdaptUnlearnGan {
@@ -386,12 +371,7 @@ impl crate::paper::Paper for AdaptUnlearnGan {
         let feedback = FeatureClassifier::new(&fvs.root(), dim, cfg.classifier_hidden, data.classes);
         let evaluator = FeatureClassifier::new(&evs.root(), dim, cfg.classifier_hidden, data.classes);
         let gan = Gan::new(cfg, dim, device);
-        let mut rest = &stage[..];
-        for vs in [&fvs, &evs, &gan.g_vs, &gan.d_vs] {
-            let k = vs.variables().len();
-            state::load(vs, &rest[..k]);
-            rest = &rest[k..];
-        }
+        state::load_all(&[&fvs, &evs, &gan.g_vs, &gan.d_vs], &stage);
         let theta_g = state::copy(&gan.g_vs);
         let d_pre = state::copy(&gan.d_vs);
 

@@ -312,23 +312,7 @@ fn standard_normal(shape: &[i64], rng: &mut Rng, device: Device) -> Tensor {
 /// The config with every key that only the arms' fine-tuning and evaluation read reset: what the
 /// classifiers and the base DDPM depend on (a key left in can only cost a reuse).
 fn stage_key(cfg: &Config) -> Config {
-    let d = Config::default();
-    Config {
-        method: d.method,
-        guidance_scale: d.guidance_scale,
-        finetune_steps: d.finetune_steps,
-        finetune_lr: d.finetune_lr,
-        lr_warmup_steps: d.lr_warmup_steps,
-        grad_scale: d.grad_scale,
-        linear_reward_scale_steps: d.linear_reward_scale_steps,
-        add_timestep: d.add_timestep,
-        max_timestep_rewarding: d.max_timestep_rewarding,
-        u_scale: d.u_scale,
-        max_grad_norm: d.max_grad_norm,
-        eval_samples: d.eval_samples,
-        ddim_steps: d.ddim_steps,
-        ..cfg.clone()
-    }
+    crate::stage_cache::with_defaults!(cfg; method, guidance_scale, finetune_steps, finetune_lr, lr_warmup_steps, grad_scale, linear_reward_scale_steps, add_timestep, max_timestep_rewarding, u_scale, max_grad_norm, eval_samples, ddim_steps)
 }
 
 impl crate::paper::Paper for CtrlU {
@@ -432,12 +416,7 @@ impl crate::paper::Paper for CtrlU {
         let reward = FeatureClassifier::new(&reward_vs.root(), dim, cfg.classifier_hidden, k);
         let evaluator = FeatureClassifier::new(&eval_vs.root(), dim, cfg.classifier_hidden, k);
         let net = Denoiser::new(&vs.root(), dim, k, cfg);
-        let mut rest = &stage[..];
-        for v in [&reward_vs, &eval_vs, &vs] {
-            let n_vars = v.variables().len();
-            state::load(v, &rest[..n_vars]);
-            rest = &rest[n_vars..];
-        }
+        state::load_all(&[&reward_vs, &eval_vs, &vs], &stage);
         // Frozen: the reward's gradient reaches the generator through the classifier's input only.
         reward_vs.freeze();
         eval_vs.freeze();

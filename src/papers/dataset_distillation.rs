@@ -428,33 +428,7 @@ pub fn nearest_to_centres(rows: &[Vec<f64>], k: usize, rng: &mut Rng) -> Vec<usi
 /// depend on (the method stays in, for AST's experts differ from MTT's; a key left in can only
 /// cost a reuse).
 fn stage_key(cfg: &Config) -> Config {
-    let d = Config::default();
-    Config {
-        ipc: d.ipc,
-        iterations: d.iterations,
-        syn_steps: d.syn_steps,
-        match_epochs: d.match_epochs,
-        max_start_epoch: d.max_start_epoch,
-        lr_img: d.lr_img,
-        lr_lr: d.lr_lr,
-        outer_momentum: d.outer_momentum,
-        lr_teacher: d.lr_teacher,
-        init: d.init,
-        balance_loss: d.balance_loss,
-        middle_loss: d.middle_loss,
-        weight_perturb: d.weight_perturb,
-        perturb_dropout: d.perturb_dropout,
-        student_momentum: d.student_momentum,
-        eval_runs: d.eval_runs,
-        eval_epochs: d.eval_epochs,
-        eval_batch: d.eval_batch,
-        eval_momentum: d.eval_momentum,
-        eval_weight_decay: d.eval_weight_decay,
-        eval_lr_decay: d.eval_lr_decay,
-        eval_momentum_after: d.eval_momentum_after,
-        log_every: d.log_every,
-        ..cfg.clone()
-    }
+    crate::stage_cache::with_defaults!(cfg; ipc, iterations, syn_steps, match_epochs, max_start_epoch, lr_img, lr_lr, outer_momentum, lr_teacher, init, balance_loss, middle_loss, weight_perturb, perturb_dropout, student_momentum, eval_runs, eval_epochs, eval_batch, eval_momentum, eval_weight_decay, eval_lr_decay, eval_momentum_after, log_every)
 }
 
 impl crate::paper::Paper for DatasetDistillation {

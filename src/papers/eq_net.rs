@@ -481,24 +481,7 @@ fn accuracy(net: &ElasticMlp, config: Option<&[LayerChoice]>, split: &Split) -> 
 /// The config with every key that only the methods' own training and evaluation read reset:
 /// what the shared pretraining and calibration depend on (a key left in can only cost a reuse).
 fn stage_key(cfg: &Config) -> Config {
-    let d = Config::default();
-    Config {
-        method: d.method,
-        epochs: d.epochs,
-        batch_size: d.batch_size,
-        lr: d.lr,
-        clip_value: d.clip_value,
-        kurtosis_weight: d.kurtosis_weight,
-        skew_weight: d.skew_weight,
-        distill_alpha: d.distill_alpha,
-        static_bits: d.static_bits,
-        static_form: d.static_form,
-        static_act_symmetric: d.static_act_symmetric,
-        eval_bits: d.eval_bits,
-        mixed_configs: d.mixed_configs,
-        log_every: d.log_every,
-        ..cfg.clone()
-    }
+    crate::stage_cache::with_defaults!(cfg; method, epochs, batch_size, lr, clip_value, kurtosis_weight, skew_weight, distill_alpha, static_bits, static_form, static_act_symmetric, eval_bits, mixed_configs, log_every)
 }
 
 impl crate::paper::Paper for EqNet {

@@ -494,22 +494,7 @@ impl FtwtPruning {
 /// The config with every key that only fine-tuning and the masks read reset: what the dense
 /// pretraining depends on (a key left in can only cost a reuse).
 fn stage_key(cfg: &Config) -> Config {
-    let d = Config::default();
-    Config {
-        method: d.method,
-        criterion: d.criterion,
-        threshold: d.threshold,
-        delta: d.delta,
-        decoupled: d.decoupled,
-        softmax: d.softmax,
-        epochs: d.epochs,
-        lr: d.lr,
-        milestones: d.milestones,
-        predictor_lr: d.predictor_lr,
-        mask_loss_weight: d.mask_loss_weight,
-        cooldown: d.cooldown,
-        ..cfg.clone()
-    }
+    crate::stage_cache::with_defaults!(cfg; method, criterion, threshold, delta, decoupled, softmax, epochs, lr, milestones, predictor_lr, mask_loss_weight, cooldown)
 }
 
 impl crate::paper::Paper for FtwtPruning {
